@@ -1,0 +1,84 @@
+"""Session fixtures shared across test modules: a tiny offline dataset and tiny trained checkpoints.
+
+Everything is built from scratch in a temporary directory (nothing from `make demo` is reused), so
+`make test` passes on a fresh clone. Sizes are chosen for seconds, not quality.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from training.checkpoint import Checkpoint
+from training.config import NRMSRunConfig, TwoTowerRunConfig, load_run_config
+from training.data.build import DatasetPaths, build_datasets
+from training.data.mind_sim import MindSimConfig
+
+TINY_MIND = MindSimConfig(n_users=60, min_candidates=5, max_candidates=12)
+TINY_ARTICLES = 240
+
+TINY_NRMS = [
+    "model.word_dim=32",
+    "model.pretrained_embeddings=false",
+    "model.freeze_embeddings=false",
+    "model.heads=2",
+    "model.head_dim=8",
+    "model.attention_hidden=16",
+    "model.max_title_tokens=16",
+    "model.max_history=10",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.threads=1",
+]
+TINY_TWO_TOWER = [
+    "model.word_dim=32",
+    "model.pretrained_embeddings=false",
+    "model.hidden_dim=32",
+    "model.out_dim=16",
+    "model.heads=2",
+    "model.max_query_tokens=16",
+    "model.max_passage_tokens=32",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.threads=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> DatasetPaths:
+    """MIND- and MS MARCO-format sets from a few hundred real articles and 60 simulated users."""
+    return build_datasets(tmp_path_factory.mktemp("data"), seed=0, mind=TINY_MIND, max_articles=TINY_ARTICLES)
+
+
+def tiny_nrms_run(data: DatasetPaths, *extra: str) -> NRMSRunConfig:
+    return load_run_config(None, "nrms", [*TINY_NRMS, f"data_dir={data.mind}", "name=tiny_nrms", *extra])
+
+
+def tiny_two_tower_run(data: DatasetPaths, *extra: str) -> TwoTowerRunConfig:
+    return load_run_config(
+        None, "two_tower", [*TINY_TWO_TOWER, f"data_dir={data.msmarco}", "name=tiny_two_tower", *extra]
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny NRMS and two-tower checkpoints trained on `tiny_data` (random-init word vectors)."""
+    from training.train_nrms import train_nrms
+    from training.train_two_tower import train_two_tower
+
+    out = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "nrms": train_nrms(tiny_nrms_run(tiny_data)).save(out / "nrms.pt"),
+        "two_tower": train_two_tower(tiny_two_tower_run(tiny_data)).save(out / "two_tower.pt"),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_checkpoints: dict[str, Path]) -> dict[str, Checkpoint]:
+    return {kind: Checkpoint.load(path) for kind, path in tiny_checkpoints.items()}

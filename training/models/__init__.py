@@ -1,0 +1,1 @@
+"""PyTorch models: NRMS (news + user encoders) and the two-tower retriever."""
