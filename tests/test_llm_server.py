@@ -1,0 +1,312 @@
+"""The local LLM server without the real model: a fake model with llama_cpp's streaming shape drives
+the `ModelRunner` (one job at a time, FIFO, bounded queue, cancellation) and the HTTP app, which
+both protocol clients read in-process through httpx.ASGITransport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import llama_cpp
+import numpy as np
+import pytest
+from llama_cpp import Llama
+
+from server.config import LLMSettings
+from server.errors import Overloaded
+from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClient
+from server.stack.llm_server.app import create_app, shipped_model_path
+from server.stack.llm_server.common import ModelInfo, Serving, TokenLimits
+from server.stack.llm_server.config import ServerConfig, parse_args
+from server.stack.llm_server.engine import (
+    ChatJob,
+    Finished,
+    GenerationFailed,
+    ModelRunner,
+    QueueFull,
+    TextDelta,
+    convert_weights,
+)
+
+pytestmark = pytest.mark.anyio
+MODEL_NAME = "fake-model"
+LONG_TEXT = " ".join(f"w{i}" for i in range(5000))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeModel:
+    """Echoes the last message word by word (one word per token, `step_s` apart) like llama_cpp's
+    `create_chat_completion(stream=True)`, calls the logits processors as llama.cpp does, raises
+    ValueError for a prompt containing TOO LONG, and records which jobs ran and whether any overlapped."""
+
+    def __init__(self, step_s: float = 0.001) -> None:
+        self.step_s = step_s
+        self.active = 0
+        self.max_active = 0
+        self.started: list[str] = []
+        self.tokens = 0
+
+    def create_chat_completion(self, *, messages: list[dict[str, str]], max_tokens: int, **kwargs: Any) -> Iterator:
+        return self._stream(messages[-1]["content"], max_tokens, kwargs["logits_processor"])
+
+    def _stream(self, prompt: str, max_tokens: int, processors: list) -> Iterator[dict[str, Any]]:
+        if "TOO LONG" in prompt:
+            raise ValueError("Requested tokens (9999) exceed context window of 2048")
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self.started.append(prompt)
+        words = prompt.split()
+        try:
+            for i in range(max_tokens + 1):
+                time.sleep(self.step_s)
+                for processor in processors:
+                    processor(np.zeros(len(words) + i), np.zeros(3))
+                self.tokens += 1
+                if i == len(words):
+                    yield {"choices": [{"delta": {}, "finish_reason": "stop"}]}
+                    return
+                if i == max_tokens:
+                    yield {"choices": [{"delta": {}, "finish_reason": "length"}]}
+                    return
+                yield {"choices": [{"delta": {"content": f" {words[i]}" if i else words[i]}, "finish_reason": None}]}
+        finally:
+            self.active -= 1
+
+
+def job(text: str, max_tokens: int = 10_000) -> ChatJob:
+    return ChatJob(messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=0.0, stop=[])
+
+
+async def run_to_end(runner: ModelRunner, chat: ChatJob) -> tuple[str, Finished]:
+    texts: list[str] = []
+    async for event in runner.generate(chat):
+        if isinstance(event, TextDelta):
+            texts.append(event.text)
+        else:
+            return "".join(texts), event
+    raise AssertionError("no Finished event")
+
+
+async def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+# ---------------------------------------------------------------- ModelRunner
+
+
+async def test_jobs_run_one_at_a_time_in_arrival_order() -> None:
+    model = FakeModel()
+    runner = ModelRunner(model, max_waiting=8)
+    prompts = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"]
+    results = await asyncio.gather(*(run_to_end(runner, job(p)) for p in prompts))
+    assert model.started == prompts
+    assert model.max_active == 1
+    for prompt, (text, finished) in zip(prompts, results, strict=True):
+        assert text == prompt and finished.reason == "stop"
+        assert finished.prompt_tokens == len(prompt.split())
+    runner.close()
+
+
+async def test_length_limit_and_token_counts() -> None:
+    runner = ModelRunner(FakeModel(), max_waiting=0)
+    text, finished = await run_to_end(runner, job(LONG_TEXT, max_tokens=7))
+    assert text.split() == LONG_TEXT.split()[:7]
+    assert (finished.reason, finished.completion_tokens) == ("length", 8)  # 7 words, then the stop decision
+    runner.close()
+
+
+async def test_queue_full_is_refused_before_waiting() -> None:
+    runner = ModelRunner(FakeModel(), max_waiting=1)
+    running = runner.generate(job(LONG_TEXT))
+    await anext(running)
+    waiting = asyncio.create_task(run_to_end(runner, job("queued job")))
+    await asyncio.sleep(0.05)  # let it reach the queue
+    with pytest.raises(QueueFull):
+        await anext(runner.generate(job("one too many")))
+    await running.aclose()
+    text, _ = await waiting
+    assert text == "queued job"
+    runner.close()
+
+
+async def test_closing_a_stream_stops_generation_and_frees_the_model() -> None:
+    model = FakeModel()
+    runner = ModelRunner(model, max_waiting=1)
+    long_job = runner.generate(job(LONG_TEXT))
+    await anext(long_job)
+    await anext(long_job)
+    await long_job.aclose()
+    text, _ = await run_to_end(runner, job("next one"))
+    assert text == "next one"
+    assert model.tokens < 100  # far from the 5000 words the first job would have produced
+    assert model.max_active == 1
+    runner.close()
+
+
+async def test_cancelled_waiter_leaves_the_queue() -> None:
+    runner = ModelRunner(FakeModel(), max_waiting=1)
+    running = runner.generate(job(LONG_TEXT))
+    await anext(running)
+    waiter = asyncio.create_task(run_to_end(runner, job("never runs")))
+    await asyncio.sleep(0.05)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    queued = asyncio.create_task(run_to_end(runner, job("takes the freed slot")))  # no QueueFull
+    await asyncio.sleep(0.05)
+    await running.aclose()
+    assert (await queued)[0] == "takes the freed slot"
+    runner.close()
+
+
+async def test_rejected_job_is_a_bad_request_and_the_model_stays_usable() -> None:
+    runner = ModelRunner(FakeModel(), max_waiting=0)
+    with pytest.raises(GenerationFailed) as failed:
+        await run_to_end(runner, job("TOO LONG"))
+    assert failed.value.bad_request and "context window" in str(failed.value)
+    assert (await run_to_end(runner, job("still works")))[0] == "still works"
+    runner.close()
+
+
+# ---------------------------------------------------------------- the HTTP app
+
+
+@pytest.fixture
+def serving(tmp_path: Path) -> Iterator[Serving]:
+    weights = tmp_path / "fake.gguf"
+    weights.write_bytes(b"GGUF")
+    runner = ModelRunner(FakeModel(), max_waiting=1)
+    yield Serving(
+        runner=runner,
+        model=ModelInfo(name=MODEL_NAME, path=weights, family="llama", parameter_size="135M"),
+        limits=TokenLimits(default=64, cap=128),
+    )
+    runner.close()
+
+
+def asgi(serving: Serving) -> httpx.ASGITransport:
+    return httpx.ASGITransport(app=create_app(serving))
+
+
+def client_for(protocol: str, serving: Serving) -> OllamaClient | OpenAIClient:
+    settings = LLMSettings(protocol=protocol, url="http://llm.test", model=MODEL_NAME)
+    client_class = OllamaClient if protocol == "ollama" else OpenAIClient
+    return client_class(settings, transport=asgi(serving))
+
+
+PROTOCOLS = pytest.mark.parametrize("protocol", ["ollama", "openai"])
+
+
+@PROTOCOLS
+async def test_clients_read_the_app_streams(protocol: str, serving: Serving) -> None:
+    request = GenerationRequest((ChatMessage("user", "the quick brown fox"),), max_tokens=3)
+    async with client_for(protocol, serving) as client:
+        assert await client.health()
+        chunks = [chunk async for chunk in client.stream(request, timeout_s=5)]
+    *texts, final = chunks
+    assert "".join(chunk.text for chunk in texts) == "the quick brown"
+    assert (final.finish_reason, final.prompt_tokens, final.completion_tokens) == ("length", 4, 4)
+
+
+@PROTOCOLS
+async def test_full_queue_answers_429_which_the_client_maps_to_overloaded(protocol: str, serving: Serving) -> None:
+    running = serving.runner.generate(job(LONG_TEXT))
+    await anext(running)
+    waiting = asyncio.create_task(run_to_end(serving.runner, job("queued")))
+    await asyncio.sleep(0.05)
+    request = GenerationRequest((ChatMessage("user", "refused"),))
+    async with client_for(protocol, serving) as client:
+        with pytest.raises(Overloaded, match="already waiting"):
+            async for _ in client.stream(request, timeout_s=5):
+                pass
+    await running.aclose()
+    await waiting
+
+
+@pytest.mark.parametrize(
+    ("path", "stream_flag", "text_of"),
+    [
+        ("/api/chat", {"stream": False}, lambda body: body["message"]["content"]),
+        ("/v1/chat/completions", {}, lambda body: body["choices"][0]["message"]["content"]),
+    ],
+)
+async def test_unstreamed_answers_hold_the_whole_text(
+    serving: Serving, path: str, stream_flag: dict, text_of: Any
+) -> None:
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "one two three"}], **stream_flag}
+    async with httpx.AsyncClient(transport=asgi(serving), base_url="http://llm.test") as http:
+        response = await http.post(path, json=body)
+    assert response.status_code == 200
+    assert text_of(response.json()) == "one two three"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "expected"),
+    [
+        ("/api/chat", {"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, '"other" not found'),
+        ("/api/chat", {"model": MODEL_NAME, "messages": []}, 400, "messages: List should have at least 1 item"),
+        ("/api/chat", {"model": MODEL_NAME, "messages": [{"role": "user", "content": "TOO LONG"}]}, 400, "context"),
+        ("/v1/chat/completions", {"model": "other", "messages": [{"role": "user", "content": "x"}]}, 404, "other"),
+        ("/v1/chat/completions", {"model": MODEL_NAME, "messages": [{"role": "bot", "content": "x"}]}, 400, "role"),
+    ],
+)
+async def test_bad_requests_get_the_apis_error_shape(
+    serving: Serving, path: str, body: dict, status: int, expected: str
+) -> None:
+    async with httpx.AsyncClient(transport=asgi(serving), base_url="http://llm.test") as http:
+        response = await http.post(path, json=body)
+    assert response.status_code == status
+    error = response.json()["error"]
+    if path.startswith("/api"):  # Ollama: {"error": "..."}
+        assert isinstance(error, str) and expected in error
+    else:  # OpenAI: {"error": {"message": "...", "type": "..."}}
+        assert expected in error["message"] and error["type"]
+
+
+async def test_model_lists_name_the_served_model(serving: Serving) -> None:
+    async with httpx.AsyncClient(transport=asgi(serving), base_url="http://llm.test") as http:
+        tags = (await http.get("/api/tags")).json()
+        models = (await http.get("/v1/models")).json()
+        version = (await http.get("/api/version")).json()
+    assert tags["models"][0]["name"] == f"{MODEL_NAME}:latest" and tags["models"][0]["size"] == 4
+    assert models["data"][0]["id"] == MODEL_NAME
+    assert version["version"]
+
+
+# ---------------------------------------------------------------- limits and configuration
+
+
+def test_token_limits() -> None:
+    limits = TokenLimits(default=64, cap=128)
+    assert [limits.resolve(n) for n in (None, 10, 500, -1, 0)] == [64, 10, 128, 128, 128]
+
+
+def test_config_round_trips_through_the_command_line() -> None:
+    config = ServerConfig(port=1234, n_threads=3, max_waiting=0, model_path="/m.gguf", weights_type="")
+    assert parse_args(config.to_argv()) == config
+    with pytest.raises(ValueError, match="default_max_tokens"):
+        ServerConfig(default_max_tokens=2048, max_tokens_cap=1024)
+    with pytest.raises(ValueError, match="weights_type"):
+        ServerConfig(weights_type="q2_k")
+
+
+def test_shipped_weights_convert_to_q8_0(tmp_path: Path) -> None:
+    converted = convert_weights(shipped_model_path(), "q8_0", tmp_path / "model.q8_0.gguf")
+    model = Llama(model_path=str(converted), vocab_only=True, verbose=False)
+    assert model.metadata["general.file_type"] == str(llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0)
+    not_a_model = tmp_path / "broken.gguf"
+    not_a_model.write_bytes(b"not a gguf file")
+    with pytest.raises(RuntimeError, match=r"broken\.gguf"):
+        convert_weights(not_a_model, "q8_0", tmp_path / "out.gguf")
