@@ -70,7 +70,7 @@ def export_targets(nrms: Checkpoint, two_tower: Checkpoint) -> list[ExportTarget
                 for name in (contract.INPUT_IDS, contract.ATTENTION_MASK)
             )
         ).numpy()
-    news_dim, tower_dim = nrms.run.model.news_dim, two_tower.run.model.out_dim
+    news_dim, tower_dim = nrms.run.model.news_dim, two_tower.run.model.word_dim
     return [
         ExportTarget(
             contract.text_model(contract.NEWS_ENCODER, "title", news_dim), news_model.news_encoder, title_inputs

@@ -21,7 +21,6 @@ def tower_config(encoder: str, **overrides: object) -> TwoTowerModelConfig:
         vocab_size=200,
         word_dim=16,
         hidden_dim=16,
-        out_dim=8,
         heads=2,
         pretrained_embeddings=False,
         dropout=0.0,

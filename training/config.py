@@ -58,8 +58,8 @@ class TwoTowerModelConfig(Strict):
     vocab_size: int = 30522
     word_dim: int = 384
     hidden_dim: int = 256
-    out_dim: int = 256
     heads: int = 8
+    idf_pooling: bool = Field(True, description="Start word pooling weights at the collection's IDF (else 1).")
     dropout: float = Field(0.1, ge=0, lt=1)
     pretrained_embeddings: bool = True
     freeze_embeddings: bool = False

@@ -63,6 +63,18 @@ def dev_subset(split: RetrievalSplit, limit: int | None) -> RetrievalSplit:
     return RetrievalSplit({q: split.queries[q] for q in qids}, {q: split.qrels[q] for q in qids})
 
 
+def inverse_document_frequency(passages: TokenTable, vocab_size: int) -> torch.Tensor:
+    """BM25's IDF of every word piece over the collection: log(1 + (N - df + 0.5) / (df + 0.5)) > 0."""
+    present = torch.zeros(vocab_size)
+    for start in range(0, len(passages.keys), 4096):
+        ids, mask = passages.ids[start : start + 4096], passages.mask[start : start + 4096]
+        rows = torch.zeros(ids.shape[0], vocab_size, dtype=torch.bool)
+        rows.scatter_(1, ids * mask, True)  # padding maps to id 0, [PAD], never a real token
+        present += rows.sum(dim=0)
+    total = len(passages.keys)
+    return torch.log1p((total - present + 0.5) / (present + 0.5))
+
+
 def mine_hard_negatives(data: RetrievalData, depth: int = MINED_DEPTH) -> dict[str, list[str]]:
     """Per training query: BM25's top passages that are not judged relevant."""
     bm25 = BM25Retriever()
@@ -97,6 +109,8 @@ def train_two_tower(run: TwoTowerRunConfig) -> Checkpoint:
     hard = mine_hard_negatives(data) if run.hard_negatives else {}
     pretrained = pretrained_word_embeddings() if run.model.pretrained_embeddings else None
     model = TwoTower(run.model, pretrained)
+    if run.model.idf_pooling:
+        model.set_token_weights(inverse_document_frequency(passages, run.model.vocab_size))
     query_row, passage_row = train_queries.index(), passages.index()
 
     def epoch_batches(epoch: int) -> Iterator[tuple[list[int], list[int]]]:
