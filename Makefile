@@ -3,6 +3,8 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PY := .venv/bin/python
 STAMP := .venv/.installed
+GATEWAY ?= 127.0.0.1:50051
+CLI := .venv/bin/recstack --target $(GATEWAY)
 PROTO_SRC := $(wildcard proto/recstack/v1/*.proto)
 PROTO_OUT := proto/recstack/v1/gateway_pb2.py
 export OPENBLAS_NUM_THREADS ?= 1
@@ -34,6 +36,31 @@ data: setup  ## build the offline MIND-format and MS MARCO-format sets under art
 
 train: setup  ## build data if needed, train NRMS and the two-tower, write artifacts/reports/training.json
 	$(PY) -m training train
+
+export: setup  ## ONNX export + parity checks, Triton repositories (cpu, gpu), tokenizer files
+	@test -f artifacts/checkpoints/nrms.pt -a -f artifacts/checkpoints/two_tower.pt || $(MAKE) --no-print-directory train
+	$(PY) -m export models
+
+up: setup  ## start Milvus, Triton, the LLM server and the gateway on loopback, index the demo catalog
+	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
+	$(PY) -m server.stack up
+	$(PY) -m export catalog --target $(GATEWAY)
+
+down:  ## stop everything `make up` started
+	@test -x $(PY) && $(PY) -m server.stack down || true
+
+demo: setup  ## the whole product on embedded defaults: data, training, export, serving, queries, answers
+	$(MAKE) --no-print-directory train
+	$(MAKE) --no-print-directory export
+	$(MAKE) --no-print-directory up
+	@trap '$(MAKE) --no-print-directory down' EXIT; \
+	history=$$(head -n 1 artifacts/data/mind/dev/behaviors.tsv | cut -f 4 | tr ' ' ','); \
+	query=$$(head -n 1 artifacts/data/msmarco/queries.dev.tsv | cut -f 2); \
+	set -e; \
+	$(CLI) recommend --user demo-user --history "$$history" -k 8; \
+	$(CLI) recommend --user brand-new-user -k 5; \
+	$(CLI) search "$$query" -k 5; \
+	$(CLI) ask "$$query"
 
 test: setup  ## run the test suite (unit + end-to-end against the real local stack)
 	$(PY) -m pytest

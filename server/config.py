@@ -38,8 +38,20 @@ class MilvusSettings(BaseModel):
     uri: str = "http://127.0.0.1:19530"
     token: str = ""
     timeout_s: float = Field(2.0, gt=0, description="Deadline of one Milvus call.")
+    write_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one upsert/delete call, its wait until the write is visible included."
+    )
+    setup_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline of ensure_collections (creating, indexing and loading collections)."
+    )
+    health_timeout_s: float = Field(0.5, gt=0, description="Deadline of one readiness probe.")
     news_collection: str = "news"
     passage_collection: str = "passages"
+    hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree (index build parameter M).")
+    hnsw_ef_construction: int = Field(200, ge=1, description="HNSW efConstruction (index build).")
+    search_ef: int = Field(64, ge=1, description="HNSW ef at search time; raised to the search limit when smaller.")
+    write_batch_rows: int = Field(1000, gt=0, description="Rows per upsert request.")
+    read_batch_ids: int = Field(1000, gt=0, description="Ids per get/delete request and per iterate batch.")
 
 
 class LLMSettings(BaseModel):
@@ -50,6 +62,14 @@ class LLMSettings(BaseModel):
     model: str = "smollm2-135m-instruct"
     api_key: str = ""
     connect_timeout_s: float = Field(2.0, gt=0)
+    read_timeout_s: float = Field(
+        30.0, gt=0, description="Longest silence between two bytes of a response (queueing included)."
+    )
+    timeout_s: float = Field(60.0, gt=0, description="Deadline of one whole generation, first byte to last.")
+    health_timeout_s: float = Field(1.0, gt=0, description="Deadline of one health probe.")
+    max_tokens: int = Field(256, gt=0, description="Generation length when the request gives none.")
+    temperature: float = Field(0.2, ge=0, description="Sampling temperature when the request gives none.")
+    keep_alive: str = Field("30m", description="Ollama only: how long the server keeps the model loaded.")
 
 
 class GatewaySettings(BaseModel):
@@ -60,7 +80,37 @@ class GatewaySettings(BaseModel):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
     max_concurrent_rpcs: int = Field(256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED.")
     max_k: int = Field(100, gt=0)
-    max_text_chars: int = Field(2000, gt=0)
+    max_text_chars: int = Field(2000, gt=0, description="Longest query, question or title accepted.")
+    max_passage_chars: int = Field(8000, gt=0, description="Longest passage text accepted by UpsertItems.")
+    max_upsert_batch: int = Field(1000, gt=0, description="Most items (or ids) per UpsertItems/DeleteItems call.")
+    request_timeout_s: float = Field(
+        5.0, gt=0, description="Deadline of a request whose caller set none (or a longer one)."
+    )
+    startup_timeout_s: float = Field(120.0, gt=0, description="How long to wait for Triton and Milvus at start.")
+    health_interval_s: float = Field(1.0, gt=0, description="How often dependencies are probed for health.")
+    encode_batch: int = Field(64, gt=0, description="Most texts per Triton request when ingesting.")
+
+
+class RecommendSettings(BaseModel):
+    """Recommend's pipeline knobs."""
+
+    max_history: int = Field(50, gt=0, description="Most recent clicks fed to the user encoder (as in training).")
+    item_cache_capacity: int = Field(200_000, ge=0, description="News vectors kept in gateway memory.")
+    item_cache_ttl_s: float = Field(300.0, gt=0, description="Bound on staleness for writes made via other replicas.")
+    cold_start_window_days: float = Field(3.0, gt=0, description="Cold start: recent = this close to the newest item.")
+    cold_start_pool: int = Field(1000, gt=0, description="Cold start: recent items read per request, then ranked.")
+
+
+class RagSettings(BaseModel):
+    """Answer's retrieval and grounding knobs."""
+
+    default_k: int = Field(2, gt=0, description="Passages put in the prompt when the request gives no k.")
+    max_k: int = Field(8, gt=0, description="Most passages per prompt (the local model's context is 2,048 tokens).")
+    max_passage_chars: int = Field(400, gt=0, description="Each passage is cut to this length in the prompt.")
+    max_tokens: int = Field(1024, gt=0, description="Largest max_tokens a request may ask for.")
+    min_score: float = Field(
+        0.3, description="Below this best-passage cosine score, answer 'not in the sources' without the LLM."
+    )
 
 
 class Settings(BaseSettings):
@@ -72,6 +122,8 @@ class Settings(BaseSettings):
     milvus: MilvusSettings = MilvusSettings()
     llm: LLMSettings = LLMSettings()
     gateway: GatewaySettings = GatewaySettings()
+    recommend: RecommendSettings = RecommendSettings()
+    rag: RagSettings = RagSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -40,7 +40,6 @@ TINY_TWO_TOWER = [
     "model.word_dim=32",
     "model.pretrained_embeddings=false",
     "model.hidden_dim=32",
-    "model.out_dim=16",
     "model.heads=2",
     "model.max_query_tokens=16",
     "model.max_passage_tokens=32",
@@ -48,6 +47,12 @@ TINY_TWO_TOWER = [
     "train.batch_size=32",
     "train.threads=1",
 ]
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests (`pytest.mark.anyio`) run on asyncio, the loop the gateway uses."""
+    return "asyncio"
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +87,46 @@ def tiny_checkpoints(tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPathF
 @pytest.fixture(scope="session")
 def tiny_models(tiny_checkpoints: dict[str, Path]) -> dict[str, Checkpoint]:
     return {kind: Checkpoint.load(path) for kind, path in tiny_checkpoints.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_serving(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The tiny checkpoints exported: ONNX graphs, both Triton repositories and the tokenizer files."""
+    from export.models import ServingLayout, export_all
+
+    layout = ServingLayout(tmp_path_factory.mktemp("serving"))
+    export_all(tiny_checkpoints["nrms"], tiny_checkpoints["two_tower"], layout, layout.root / "export.json")
+    return layout
+
+
+@pytest.fixture(scope="session")
+def stack(tiny_serving, tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPathFactory):
+    """The real local stack (Milvus, Triton, the LLM server, the gateway) with the tiny catalog indexed.
+
+    Tests that stop a part of it (outages) must start it again before they return.
+    """
+    from export.catalog import index_catalog
+    from server.stack.local import LocalStack, StackConfig
+
+    config = StackConfig(
+        triton_repo=tiny_serving.repository("cpu"),
+        tokenizer_dir=tiny_serving.tokenizers,
+        state_dir=tmp_path_factory.mktemp("stack"),
+        gateway_port=0,
+        metrics_port=0,
+        gateway_env={"RECSTACK_RAG__MIN_SCORE": "-1"},  # tiny random models: every passage "relevant"
+    )
+    with LocalStack(config) as running:
+        index_catalog(running.gateway_address, tiny_data.root, batch=128)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def gateway(stack):
+    """A blocking stub for the running gateway."""
+    import grpc
+
+    from recstack.v1 import gateway_pb2_grpc
+
+    with grpc.insecure_channel(stack.gateway_address) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)

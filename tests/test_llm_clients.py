@@ -37,11 +37,6 @@ REQUEST = GenerationRequest((ChatMessage("user", "When was the Eiffel Tower comp
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def settings(protocol: str, url: str = "http://llm.test", **overrides: object) -> LLMSettings:
     return LLMSettings(protocol=protocol, url=url, model="smollm2-135m-instruct", **overrides)
 

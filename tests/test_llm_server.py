@@ -39,11 +39,6 @@ MODEL_NAME = "fake-model"
 LONG_TEXT = " ".join(f"w{i}" for i in range(5000))
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FakeModel:
     """Echoes the last message word by word (one word per token, `step_s` apart) like llama_cpp's
     `create_chat_completion(stream=True)`, calls the logits processors as llama.cpp does, raises

@@ -23,11 +23,6 @@ PROTOCOLS = pytest.mark.parametrize("protocol", ["ollama", "openai"])
 LONG_ANSWER = "Write a long story about a dragon."  # greedy SmolLM2 runs it past 1000 tokens
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLLMServer]:
     log_path = tmp_path_factory.mktemp("llm") / "llm.log"

@@ -25,11 +25,6 @@ NEWS = "news"
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
     with MilvusServer(tmp_path_factory.mktemp("milvus") / "data") as server:

@@ -30,11 +30,6 @@ NEWS = "news"
 PASSAGES = "passages"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_lite_catalog(tmp_path_factory.mktemp("lite") / "template.db")

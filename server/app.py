@@ -1,0 +1,184 @@
+"""The gateway process: wire components from `Settings`, serve gRPC (+ health, reflection, metrics).
+
+Start-up waits (up to `gateway.startup_timeout_s`) for Triton and Milvus, learns embedding sizes
+from Triton's model metadata, makes sure the Milvus collections exist, then serves. Afterwards a
+dependency outage fails requests fast with UNAVAILABLE, turns health NOT_SERVING, and the gateway
+recovers by itself when the dependency returns (gRPC channels and Milvus reconnect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from server.config import Settings, load_settings
+from server.errors import DependencyUnavailable
+from server.health import HealthMonitor
+from server.item_cache import ItemVectorCache
+from server.llm import make_llm_client
+from server.observability import configure_logging
+from server.pipeline.answer import Answerer
+from server.pipeline.ingest import Ingest
+from server.pipeline.recommend import AnnCandidates, ColdStart, HistoryVectors, Recommender, UserVector
+from server.pipeline.search import PassageSearch, QueryVector
+from server.requests import RequestValidator
+from server.service import GatewayService
+from server.triton import TritonEncoders
+from server.vector_store import VectorStore
+
+log = structlog.get_logger("recstack.gateway")
+
+
+class GatewayApp:
+    """Owns every component and the gRPC server; `start()` then `stop()`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.encoders = TritonEncoders.from_settings(settings.triton)
+        self.store = VectorStore(settings.milvus)
+        rec = settings.recommend
+        self.cache = ItemVectorCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
+        self.llm = make_llm_client(settings.llm)
+        self.health = HealthMonitor(
+            {"triton": self.encoders.ready, "milvus": self.store.ready, "llm": self.llm.health},
+            settings.gateway.health_interval_s,
+        )
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> int:
+        """Serve on the configured address; returns the bound port (useful with port 0)."""
+        await self._wait_for_dependencies()
+        dims = await self.encoders.embedding_dims()
+        await self.store.ensure_collections(
+            news_dim=dims[self.settings.triton.news_encoder], passage_dim=dims[self.settings.triton.doc_encoder]
+        )
+        service = self._service()
+        gw = self.settings.gateway
+        self.server = grpc.aio.server(maximum_concurrent_rpcs=gw.max_concurrent_rpcs)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        names = [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection([*names, "grpc.health.v1.Health"], self.server)
+        self.port = self.server.add_insecure_port(f"{gw.host}:{gw.port}")
+        await self.health.check()
+        await self.server.start()
+        if gw.metrics_port:
+            start_http_server(gw.metrics_port, addr=gw.host)
+        self._tasks = [asyncio.create_task(self.health.run()), asyncio.create_task(self._warm_cache())]
+        log.info("serving", address=f"{gw.host}:{self.port}", metrics_port=gw.metrics_port)
+        return self.port
+
+    def _service(self) -> GatewayService:
+        s = self.settings
+        self.cold_start = ColdStart(
+            self.store, s.milvus.news_collection, s.recommend.cold_start_window_days, s.recommend.cold_start_pool
+        )
+        recommender = Recommender(
+            HistoryVectors(self.cache, self.store, self.encoders, s.milvus.news_collection, s.recommend.max_history),
+            UserVector(self.encoders),
+            AnnCandidates(self.store, s.milvus.news_collection),
+            self.cold_start,
+        )
+        search = PassageSearch(QueryVector(self.encoders), self.store, s.milvus.passage_collection)
+        ingest = Ingest(
+            self.encoders,
+            self.store,
+            self.cache,
+            self.cold_start,
+            s.milvus.news_collection,
+            s.milvus.passage_collection,
+            s.gateway.encode_batch,
+        )
+        return GatewayService(
+            RequestValidator(s.gateway),
+            recommender,
+            search,
+            ingest,
+            Answerer(search, self.llm, s.rag),
+            s.rag,
+            request_timeout_s=s.gateway.request_timeout_s,
+            answer_timeout_s=s.llm.timeout_s,
+        )
+
+    async def _wait_for_dependencies(self) -> None:
+        deadline = time.monotonic() + self.settings.gateway.startup_timeout_s
+        while True:
+            state = {"triton": await self.encoders.ready(), "milvus": await self.store.ready()}
+            if all(state.values()):
+                return
+            if time.monotonic() > deadline:
+                down = ", ".join(name for name, ok in state.items() if not ok)
+                raise DependencyUnavailable(down, f"not ready after {self.settings.gateway.startup_timeout_s:.0f}s")
+            log.info("waiting_for_dependencies", **state)
+            await asyncio.sleep(1.0)
+
+    async def _warm_cache(self) -> None:
+        """Fill the item-vector cache and the cold-start clock from Milvus, in the background."""
+        started = time.perf_counter()
+        try:
+            async for row in self.store.iterate(self.settings.milvus.news_collection, ["vector", "published"]):
+                self.cold_start.observe(int(row["published"]))
+                if self.cache.has_room():
+                    self.cache.store({row["id"]: row["vector"]})
+        except Exception as error:  # warm-up is an optimisation: requests fall back to Milvus
+            log.warning("cache_warmup_failed", error=str(error))
+            return
+        log.info("cache_warm", vectors=len(self.cache), seconds=round(time.perf_counter() - started, 2))
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.health.shutdown()
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.encoders.close()
+        await self.store.close()
+        await self.llm.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight RPCs and stop."""
+    app = GatewayApp(settings)
+    await app.start()
+    print(f"gateway ready on {settings.gateway.host}:{app.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await app.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="The recstack gRPC gateway. Settings: YAML file < RECSTACK_* environment variables.",
+    )
+    parser.add_argument("--config", type=Path, help="YAML settings file (e.g. configs/local.yaml)")
+    parser.add_argument("--port", type=int, help="override gateway.port (0 = any free port)")
+    parser.add_argument("--log-format", choices=["json", "console"], default="json")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    if args.port is not None:
+        settings.gateway.port = args.port
+    configure_logging(json=args.log_format == "json")
+    import uvloop
+
+    uvloop.run(serve(settings))

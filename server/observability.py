@@ -1,0 +1,62 @@
+"""Prometheus metrics, per-request stage timings and structured (JSON) logs for the gateway.
+
+Metric names:
+- `recstack_rpc_seconds{method, code}`: latency of every RPC by its final gRPC status code;
+- `recstack_stage_seconds{stage}`: time per pipeline stage (e.g. `triton.user_encoder`, `milvus.search`);
+- `recstack_inflight_rpcs{method}`: RPCs being served now;
+- `recstack_item_cache_total{result}`: history-vector lookups served from memory (`hit`) or Milvus (`miss`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+# 0.25 ms .. 10 s: the gateway's fast paths sit at a few milliseconds, Answer at seconds.
+LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.25, 0.5, 1, 2.5, 5, 10)
+
+RPC_SECONDS = Histogram("recstack_rpc_seconds", "Gateway RPC latency.", ["method", "code"], buckets=LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("recstack_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS)
+INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"])
+ITEM_CACHE = Counter("recstack_item_cache_total", "History vector lookups by result.", ["result"])
+
+
+class StageTimer:
+    """Wall-clock time of each stage of one request, in order; also observed into STAGE_SECONDS."""
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, float]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            self.stages.append((name, elapsed * 1000.0))
+            STAGE_SECONDS.labels(name).observe(elapsed)
+
+
+def configure_logging(level: str = "INFO", json: bool = True) -> None:
+    """Structured logs on stderr: one JSON object per line (or coloured key=value for a terminal)."""
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )

@@ -1,0 +1,233 @@
+"""Validated, typed requests: protobuf messages in, plain dataclasses out, or `InvalidArgument` naming the field.
+
+Everything a pipeline stage receives has passed through here, so stages never re-check input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from recstack.v1 import gateway_pb2 as pb
+from server.config import GatewaySettings, RagSettings
+from server.errors import InvalidArgument
+from server.vector_store import Filters
+
+MAX_ID_CHARS = 64
+MAX_CATEGORY_CHARS = 64
+MAX_CATEGORIES = 50
+MAX_HISTORY_ITEMS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    item_id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendQuery:
+    user_id: str
+    history: tuple[HistoryEntry, ...]
+    k: int
+    filters: Filters
+    exclude_seen: bool
+    diversity: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    text: str
+    k: int
+    filters: Filters
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerQuery:
+    question: str
+    k: int
+    filters: Filters
+    max_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewsRecord:
+    item_id: str
+    title: str
+    category: str
+    subcategory: str
+    abstract: str
+    published: int  # unix seconds, 0 = unknown
+    popularity: float
+
+
+@dataclass(frozen=True, slots=True)
+class PassageRecord:
+    item_id: str
+    text: str
+    title: str
+    category: str
+    doc_id: str
+    published: int
+
+
+class _HasTimestamp(Protocol):
+    seconds: int
+    nanos: int
+
+
+class RequestValidator:
+    """Turns each RPC's request message into its typed query, enforcing the configured limits."""
+
+    def __init__(self, limits: GatewaySettings) -> None:
+        self.limits = limits
+
+    def recommend(self, request: pb.RecommendRequest) -> RecommendQuery:
+        if len(request.history) > MAX_HISTORY_ITEMS:
+            raise InvalidArgument("history", f"at most {MAX_HISTORY_ITEMS} items, got {len(request.history)}")
+        history = tuple(
+            HistoryEntry(
+                item_id=self._id(item.id, f"history[{i}].id", required=False),
+                title=self._text(item.title, f"history[{i}].title", required=False),
+            )
+            for i, item in enumerate(request.history)
+        )
+        diversity = request.diversity
+        if not math.isfinite(diversity) or not 0.0 <= diversity <= 1.0:
+            raise InvalidArgument("diversity", f"must be within [0, 1], got {diversity}")
+        return RecommendQuery(
+            user_id=self._id(request.user_id, "user_id", required=False),
+            history=history,
+            k=self._k(request.k),
+            filters=self._filters(request),
+            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+            diversity=diversity,
+        )
+
+    def search(self, request: pb.SearchRequest) -> SearchQuery:
+        return SearchQuery(
+            text=self._text(request.query, "query"), k=self._k(request.k), filters=self._filters(request)
+        )
+
+    def answer(self, request: pb.AnswerRequest, rag: RagSettings) -> AnswerQuery:
+        if not 0 <= request.max_tokens <= rag.max_tokens:
+            raise InvalidArgument("max_tokens", f"must be within [0, {rag.max_tokens}] (0 = default)")
+        if not 0 <= request.k <= rag.max_k:
+            raise InvalidArgument("k", f"must be within [1, {rag.max_k}] (0 = default {rag.default_k})")
+        temperature = request.temperature
+        if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
+            raise InvalidArgument("temperature", f"must be within [0, 2], got {temperature}")
+        return AnswerQuery(
+            question=self._text(request.question, "question"),
+            k=request.k or rag.default_k,
+            filters=self._filters(request),
+            max_tokens=request.max_tokens,
+            temperature=temperature,
+        )
+
+    def upsert(self, request: pb.UpsertItemsRequest) -> tuple[list[NewsRecord], list[PassageRecord]]:
+        total = len(request.news) + len(request.passages)
+        if total == 0:
+            raise InvalidArgument("news", "nothing to upsert: news and passages are both empty")
+        if total > self.limits.max_upsert_batch:
+            raise InvalidArgument("news", f"at most {self.limits.max_upsert_batch} items per call, got {total}")
+        news = [self._news(item, f"news[{i}]") for i, item in enumerate(request.news)]
+        passages = [self._passage(item, f"passages[{i}]") for i, item in enumerate(request.passages)]
+        self._unique([n.item_id for n in news], "news")
+        self._unique([p.item_id for p in passages], "passages")
+        return news, passages
+
+    def delete(self, request: pb.DeleteItemsRequest) -> tuple[list[str], list[str]]:
+        if not request.news_ids and not request.passage_ids:
+            raise InvalidArgument("news_ids", "nothing to delete: news_ids and passage_ids are both empty")
+        if len(request.news_ids) + len(request.passage_ids) > self.limits.max_upsert_batch:
+            raise InvalidArgument("news_ids", f"at most {self.limits.max_upsert_batch} ids per call")
+        news = [self._id(v, f"news_ids[{i}]") for i, v in enumerate(request.news_ids)]
+        passages = [self._id(v, f"passage_ids[{i}]") for i, v in enumerate(request.passage_ids)]
+        return news, passages
+
+    def _news(self, item: pb.NewsItem, field: str) -> NewsRecord:
+        if not math.isfinite(item.popularity) or item.popularity < 0:
+            raise InvalidArgument(f"{field}.popularity", f"must be a finite number >= 0, got {item.popularity}")
+        return NewsRecord(
+            item_id=self._id(item.id, f"{field}.id"),
+            title=self._text(item.title, f"{field}.title"),
+            category=self._category(item.category, f"{field}.category"),
+            subcategory=self._category(item.subcategory, f"{field}.subcategory"),
+            abstract=self._text(item.abstract, f"{field}.abstract", required=False),
+            published=self._time(item.published, f"{field}.published") if item.HasField("published") else 0,
+            popularity=item.popularity,
+        )
+
+    def _passage(self, item: pb.PassageItem, field: str) -> PassageRecord:
+        return PassageRecord(
+            item_id=self._id(item.id, f"{field}.id"),
+            text=self._text(item.text, f"{field}.text", limit=self.limits.max_passage_chars),
+            title=self._text(item.title, f"{field}.title", required=False),
+            category=self._category(item.category, f"{field}.category"),
+            doc_id=self._id(item.doc_id, f"{field}.doc_id", required=False),
+            published=self._time(item.published, f"{field}.published") if item.HasField("published") else 0,
+        )
+
+    def _k(self, k: int) -> int:
+        if not 1 <= k <= self.limits.max_k:
+            raise InvalidArgument("k", f"must be within [1, {self.limits.max_k}], got {k}")
+        return k
+
+    def _filters(self, request: pb.RecommendRequest | pb.SearchRequest | pb.AnswerRequest) -> Filters:
+        if not request.HasField("filters"):
+            return Filters()
+        filters = request.filters
+        if len(filters.categories) > MAX_CATEGORIES:
+            raise InvalidArgument("filters.categories", f"at most {MAX_CATEGORIES} categories")
+        categories = tuple(
+            self._category(c, f"filters.categories[{i}]", required=True) for i, c in enumerate(filters.categories)
+        )
+        after = None
+        if filters.HasField("published_after"):
+            after = self._time(filters.published_after, "filters.published_after")
+        return Filters(categories=categories, published_after=after)
+
+    @staticmethod
+    def _id(value: str, field: str, required: bool = True) -> str:
+        if required and not value:
+            raise InvalidArgument(field, "must not be empty")
+        if len(value) > MAX_ID_CHARS:
+            raise InvalidArgument(field, f"at most {MAX_ID_CHARS} characters, got {len(value)}")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise InvalidArgument(field, "must not contain whitespace or control characters")
+        return value
+
+    def _text(self, value: str, field: str, required: bool = True, limit: int | None = None) -> str:
+        limit = limit or self.limits.max_text_chars
+        if required and not value.strip():
+            raise InvalidArgument(field, "must not be empty")
+        if len(value) > limit:
+            raise InvalidArgument(field, f"at most {limit} characters, got {len(value)}")
+        return value
+
+    @staticmethod
+    def _category(value: str, field: str, required: bool = False) -> str:
+        if required and not value:
+            raise InvalidArgument(field, "must not be empty")
+        if len(value) > MAX_CATEGORY_CHARS:
+            raise InvalidArgument(field, f"at most {MAX_CATEGORY_CHARS} characters, got {len(value)}")
+        if any(not ch.isprintable() for ch in value):
+            raise InvalidArgument(field, "must not contain control characters")
+        return value
+
+    @staticmethod
+    def _time(value: _HasTimestamp, field: str) -> int:
+        if value.seconds < 0 or not 0 <= value.nanos < 1_000_000_000:
+            raise InvalidArgument(field, "must be a valid timestamp after 1970-01-01")
+        return value.seconds
+
+    @staticmethod
+    def _unique(ids: list[str], field: str) -> None:
+        seen: set[str] = set()
+        for i, item_id in enumerate(ids):
+            if item_id in seen:
+                raise InvalidArgument(f"{field}[{i}].id", f"duplicate id {item_id!r} in one request")
+            seen.add(item_id)

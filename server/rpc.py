@@ -1,0 +1,107 @@
+"""The one place where component errors become gRPC status codes, and where every RPC is measured.
+
+| raised by a component       | gRPC status          |
+|-----------------------------|----------------------|
+| InvalidArgument(field, ...) | INVALID_ARGUMENT     |
+| NotFound                    | NOT_FOUND            |
+| DependencyUnavailable       | UNAVAILABLE          |
+| DependencyTimeout           | DEADLINE_EXCEEDED    |
+| Overloaded                  | RESOURCE_EXHAUSTED   |
+| anything else               | INTERNAL (logged with its traceback; the caller sees no internals) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from server.errors import (
+    DependencyTimeout,
+    DependencyUnavailable,
+    GatewayError,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+)
+from server.observability import INFLIGHT, RPC_SECONDS
+
+log = structlog.get_logger("recstack.rpc")
+
+STATUS_BY_ERROR: dict[type[GatewayError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    DependencyUnavailable: grpc.StatusCode.UNAVAILABLE,
+    DependencyTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+Response = TypeVar("Response")
+
+
+def status_for(error: GatewayError) -> grpc.StatusCode:
+    for error_type, status in STATUS_BY_ERROR.items():
+        if isinstance(error, error_type):
+            return status
+    return grpc.StatusCode.INTERNAL
+
+
+@contextlib.asynccontextmanager
+async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Count the RPC in flight, record its latency by final status, and turn errors into a status."""
+    code = grpc.StatusCode.OK
+    started = time.perf_counter()
+    INFLIGHT.labels(method).inc()
+    try:
+        yield
+    except asyncio.CancelledError:  # the client cancelled or its deadline passed
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except GatewayError as error:
+        code = status_for(error)
+        log.warning("rpc_failed", method=method, code=code.name, error=str(error))
+        await context.abort(code, str(error))
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("rpc_crashed", method=method)
+        await context.abort(code, f"internal error in {method}")
+    finally:
+        INFLIGHT.labels(method).dec()
+        RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
+
+
+def unary(method: str) -> Callable:
+    """Decorate an async unary servicer method with `observed`."""
+
+    def decorate(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+            async with observed(method, context):
+                return await handler(self, request, context)
+
+        return wrapper
+
+    return decorate
+
+
+def server_stream(method: str) -> Callable:
+    """Decorate an async-generator servicer method with `observed`."""
+
+    def decorate(handler: Callable[..., AsyncIterator[Response]]) -> Callable[..., AsyncIterator[Response]]:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
+            async with observed(method, context):
+                async for message in handler(self, request, context):
+                    yield message
+
+        return wrapper
+
+    return decorate

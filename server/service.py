@@ -1,0 +1,148 @@
+"""The `recstack.v1.Gateway` servicer: validate, run a pipeline, translate the result to protobuf.
+
+Errors are raised by the components as `server.errors` and become gRPC status codes in
+`server.rpc`; nothing here catches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recstack.v1 import gateway_pb2 as pb
+from recstack.v1 import gateway_pb2_grpc as pb_grpc
+from server.config import RagSettings
+from server.pipeline.answer import Answerer, Done, Sources, Token
+from server.pipeline.common import Item, RequestContext
+from server.pipeline.ingest import Ingest
+from server.pipeline.recommend import Recommender
+from server.pipeline.search import PassageSearch
+from server.requests import RequestValidator
+from server.rpc import server_stream, unary
+
+
+class GatewayService(pb_grpc.GatewayServicer):
+    def __init__(
+        self,
+        validator: RequestValidator,
+        recommender: Recommender,
+        search: PassageSearch,
+        ingest: Ingest,
+        answerer: Answerer,
+        rag: RagSettings,
+        request_timeout_s: float,
+        answer_timeout_s: float,
+    ) -> None:
+        self.validator, self.recommender, self.search, self.ingest = validator, recommender, search, ingest
+        self.answerer, self.rag = answerer, rag
+        self.request_timeout_s, self.answer_timeout_s = request_timeout_s, answer_timeout_s
+
+    @staticmethod
+    def context(grpc_context: grpc.aio.ServicerContext, cap_s: float) -> RequestContext:
+        """A request context whose deadline is the caller's, capped at `cap_s`."""
+        remaining = grpc_context.time_remaining()
+        return RequestContext.with_budget(cap_s if remaining is None else min(remaining, cap_s))
+
+    @unary("Recommend")
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        query = self.validator.recommend(request)
+        ctx = self.context(context, self.request_timeout_s)
+        result = await self.recommender(query, ctx)
+        return pb.RecommendResponse(
+            items=[news_result(item) for item in result.items],
+            cold_start=result.cold_start,
+            history_used=result.history_used,
+            timings=stage_timings(ctx),
+        )
+
+    @unary("Search")
+    async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        query = self.validator.search(request)
+        ctx = self.context(context, self.request_timeout_s)
+        passages = await self.search(query, ctx)
+        return pb.SearchResponse(passages=passage_results(passages), timings=stage_timings(ctx))
+
+    @server_stream("Answer")
+    async def Answer(
+        self, request: pb.AnswerRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AnswerChunk]:
+        query = self.validator.answer(request, self.rag)
+        async for event in self.answerer(query, self.context(context, self.answer_timeout_s)):
+            yield answer_chunk(event)
+
+    @unary("UpsertItems")
+    async def UpsertItems(
+        self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertItemsResponse:
+        news, passages = self.validator.upsert(request)
+        ctx = self.context(context, self.request_timeout_s)
+        return pb.UpsertItemsResponse(
+            news_upserted=await self.ingest.upsert_news(news, ctx),
+            passages_upserted=await self.ingest.upsert_passages(passages, ctx),
+            timings=stage_timings(ctx),
+        )
+
+    @unary("DeleteItems")
+    async def DeleteItems(
+        self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteItemsResponse:
+        news_ids, passage_ids = self.validator.delete(request)
+        news_deleted, passages_deleted = await self.ingest.delete(
+            news_ids, passage_ids, self.context(context, self.request_timeout_s)
+        )
+        return pb.DeleteItemsResponse(news_deleted=news_deleted, passages_deleted=passages_deleted)
+
+
+def timestamp(seconds: int) -> Timestamp | None:
+    return Timestamp(seconds=seconds) if seconds else None
+
+
+def news_result(item: Item) -> pb.NewsResult:
+    return pb.NewsResult(
+        id=item.item_id,
+        title=item.title,
+        category=item.category,
+        score=item.score,
+        published=timestamp(item.published),
+    )
+
+
+def passage_results(items: Iterable[Item]) -> list[pb.PassageResult]:
+    return [
+        pb.PassageResult(
+            id=item.item_id,
+            text=item.text,
+            score=item.score,
+            title=item.title,
+            category=item.category,
+            doc_id=item.doc_id,
+        )
+        for item in items
+    ]
+
+
+def answer_chunk(event: Sources | Token | Done) -> pb.AnswerChunk:
+    if isinstance(event, Sources):
+        return pb.AnswerChunk(
+            sources=pb.AnswerSources(passages=passage_results(event.passages), grounded=event.grounded)
+        )
+    if isinstance(event, Token):
+        return pb.AnswerChunk(token=event.text)
+    return pb.AnswerChunk(
+        done=pb.AnswerDone(
+            text=event.text,
+            finish_reason=event.finish_reason,
+            prompt_tokens=event.prompt_tokens,
+            completion_tokens=event.completion_tokens,
+            retrieval_ms=event.retrieval_ms,
+            time_to_first_token_ms=event.time_to_first_token_ms,
+            tokens_per_second=event.tokens_per_second,
+            total_ms=event.total_ms,
+        )
+    )
+
+
+def stage_timings(ctx: RequestContext) -> list[pb.StageTiming]:
+    return [pb.StageTiming(stage=name, ms=ms) for name, ms in ctx.timer.stages]

@@ -1,0 +1,124 @@
+"""The whole local stack on loopback: Triton, Milvus, the LLM server and the gateway, as real processes.
+
+Used by `make up` / `make down` (through `python -m server.stack`), by the end-to-end tests and by
+the benchmarks. Start order is dependency order; stop is the reverse. The gateway runs as its own
+process (`python -m server`) configured only through `RECSTACK_*` environment variables, exactly as
+it would be in a container.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server import contract
+from server.health import SERVICE
+from server.stack.llm import LocalLLMServer
+from server.stack.milvus import MilvusServer
+from server.stack.process import ManagedProcess, free_port
+from server.stack.triton import TritonServer
+
+HOST = "127.0.0.1"
+MODELS = (contract.NEWS_ENCODER, contract.USER_ENCODER, contract.QUERY_ENCODER, contract.DOC_ENCODER)
+
+
+@dataclass
+class StackConfig:
+    """Where the local stack reads its models from and keeps its state."""
+
+    triton_repo: Path = Path("artifacts/serving/triton-cpu")
+    tokenizer_dir: Path = Path("artifacts/serving/tokenizers")
+    state_dir: Path = Path("artifacts/stack")
+    gateway_port: int = 50051  # 0: any free port
+    metrics_port: int = 9464  # 0: any free port
+    llm: bool = True
+    gateway_env: dict[str, str] = field(default_factory=dict)  # extra RECSTACK_* settings
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+
+def gateway_serving(address: str, service: str = SERVICE, timeout_s: float = 1.0) -> bool:
+    """True when the gateway's health service reports `service` SERVING."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            request = health_pb2.HealthCheckRequest(service=service)
+            response = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout_s)
+    except grpc.RpcError:
+        return False
+    return response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass
+class LocalStack:
+    config: StackConfig = field(default_factory=StackConfig)
+    triton: TritonServer | None = field(default=None, init=False)
+    milvus: MilvusServer | None = field(default=None, init=False)
+    llm: LocalLLMServer | None = field(default=None, init=False)
+    gateway: ManagedProcess | None = field(default=None, init=False)
+    gateway_address: str = field(default="", init=False)
+
+    def start(self) -> LocalStack:
+        """Start every part and wait until the gateway reports SERVING; on failure stop what started."""
+        cfg = self.config
+        try:
+            self.milvus = MilvusServer(cfg.state_dir / "milvus").start()
+            self.triton = TritonServer(cfg.triton_repo, MODELS, cfg.logs / "triton.log").start()
+            if cfg.llm:
+                self.llm = LocalLLMServer(cfg.logs / "llm.log").start()
+            self.start_gateway()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_gateway(self) -> None:
+        cfg = self.config
+        port = cfg.gateway_port or free_port(HOST)
+        self.gateway_address = f"{HOST}:{port}"
+        self.gateway = ManagedProcess(
+            name="gateway",
+            argv=[sys.executable, "-m", "server", "--log-format", "json"],
+            log_path=cfg.logs / "gateway.log",
+            ready=lambda: gateway_serving(self.gateway_address),
+            env={**os.environ, **self.gateway_environment(port)},
+            startup_timeout_s=120.0,
+        )
+        self.gateway.start()
+
+    def gateway_environment(self, port: int) -> dict[str, str]:
+        cfg = self.config
+        env = {
+            "RECSTACK_GATEWAY__HOST": HOST,
+            "RECSTACK_GATEWAY__PORT": str(port),
+            "RECSTACK_GATEWAY__METRICS_PORT": str(cfg.metrics_port or free_port(HOST)),
+            "RECSTACK_TRITON__URL": self.triton.grpc_url,
+            "RECSTACK_TRITON__TOKENIZER_DIR": str(cfg.tokenizer_dir),
+            "RECSTACK_MILVUS__URI": self.milvus.uri,
+        }
+        if self.llm is not None:
+            env["RECSTACK_LLM__URL"] = self.llm.url
+            env["RECSTACK_LLM__MODEL"] = self.llm.config.model_name
+        return {**env, **cfg.gateway_env}
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.gateway.env['RECSTACK_GATEWAY__METRICS_PORT']}/metrics"
+
+    def stop(self) -> None:
+        """Stop in reverse order; safe on a partly started stack and when called twice."""
+        for part in (self.gateway, self.llm, self.triton, self.milvus):
+            if part is not None:
+                part.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

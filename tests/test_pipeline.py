@@ -1,0 +1,293 @@
+"""Each gateway pipeline stage on its own, with in-memory fakes for Triton, Milvus and the LLM."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from server.config import RagSettings
+from server.errors import DependencyTimeout
+from server.item_cache import ItemVectorCache
+from server.llm.prompt import NO_SOURCES_ANSWER
+from server.llm.types import GenerationRequest, TokenChunk
+from server.pipeline.answer import Answerer, Done, Sources, Token
+from server.pipeline.common import Item, RequestContext
+from server.pipeline.ingest import Ingest
+from server.pipeline.recommend import (
+    AnnCandidates,
+    ColdStart,
+    HistoryVectors,
+    Recommender,
+    UserVector,
+    exclude_seen,
+    mmr_order,
+)
+from server.pipeline.search import PassageSearch, QueryVector
+from server.requests import AnswerQuery, HistoryEntry, NewsRecord, RecommendQuery
+from server.vector_store import Filters
+
+pytestmark = pytest.mark.anyio
+DIM = 4
+
+
+@dataclass
+class FakeHit:
+    id: str
+    score: float
+    fields: dict[str, Any]
+
+
+@dataclass
+class FakeStore:
+    """Rows per collection; search is exact inner product with category/published filters."""
+
+    rows: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    calls: list[tuple[str, Any]] = field(default_factory=list)
+
+    def matches(self, row: dict[str, Any], filters: Filters | None) -> bool:
+        if filters is None:
+            return True
+        if filters.categories and row.get("category") not in filters.categories:
+            return False
+        return filters.published_after is None or row.get("published", 0) > filters.published_after
+
+    async def search(self, collection, vectors, limit, filters=None, output_fields=(), timeout=None):
+        self.calls.append(("search", limit))
+        rows = [r for r in self.rows.get(collection, {}).values() if self.matches(r, filters)]
+        hits = sorted(((float(r["vector"] @ vectors[0]), r) for r in rows), key=lambda t: -t[0])[:limit]
+        return [[FakeHit(r["id"], s, {f: r[f] for f in output_fields if f in r}) for s, r in hits]]
+
+    async def get(self, collection, ids, output_fields=(), timeout=None):
+        self.calls.append(("get", tuple(ids)))
+        stored = self.rows.get(collection, {})
+        return {i: {f: stored[i][f] for f in output_fields} for i in ids if i in stored}
+
+    async def query(self, collection, filters, output_fields, limit, timeout=None):
+        self.calls.append(("query", filters))
+        rows = [r for r in self.rows.get(collection, {}).values() if self.matches(r, filters)]
+        return [{"id": r["id"], **{f: r[f] for f in output_fields if f in r}} for r in rows[:limit]]
+
+    async def upsert(self, collection, rows, timeout=None):
+        self.calls.append(("upsert", len(rows)))
+        self.rows.setdefault(collection, {}).update({r["id"]: dict(r) for r in rows})
+        return len(rows)
+
+    async def delete(self, collection, ids, timeout=None):
+        stored = self.rows.get(collection, {})
+        return sum(stored.pop(i, None) is not None for i in ids)
+
+
+@dataclass
+class FakeEncoders:
+    """Text -> a vector from its length and first letter; users -> mean of history (mask respected)."""
+
+    calls: list[tuple[str, int]] = field(default_factory=list)
+
+    async def encode_texts(self, text_field: str, texts: list[str], timeout_s=None) -> np.ndarray:
+        self.calls.append((text_field, len(texts)))
+        return np.array([[len(t), ord(t[0]) if t else 0, 1.0, 0.0] for t in texts], dtype=np.float32)
+
+    async def encode_users(self, history: np.ndarray, mask: np.ndarray, timeout_s=None) -> np.ndarray:
+        self.calls.append(("user", history.shape[1]))
+        weights = mask[..., None].astype(np.float32)
+        return (history * weights).sum(1) / np.maximum(weights.sum(1), 1)
+
+
+def news_row(item_id: str, vector: Sequence[float], **fields: Any) -> dict[str, Any]:
+    row = {"id": item_id, "vector": np.asarray(vector, dtype=np.float32), "title": item_id, "category": "c"}
+    return {"published": 100, "popularity": 0.0, **row, **fields}
+
+
+def ctx() -> RequestContext:
+    return RequestContext.with_budget(5.0)
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    rows = {
+        "a": news_row("a", [1, 0, 0, 0], category="x"),
+        "b": news_row("b", [0, 1, 0, 0], category="y"),
+        "c": news_row("c", [0.9, 0.1, 0, 0], category="x", published=300),
+        "d": news_row("d", [0, 0, 1, 0], category="y", published=50),
+    }
+    return FakeStore(rows={"news": rows})
+
+
+def recommender(store: FakeStore, cache: ItemVectorCache, encoders: FakeEncoders) -> Recommender:
+    return Recommender(
+        HistoryVectors(cache, store, encoders, "news", max_history=3),
+        UserVector(encoders),
+        AnnCandidates(store, "news"),
+        ColdStart(store, "news", window_days=1, pool=100),
+    )
+
+
+async def test_history_comes_from_memory_first_then_milvus_then_titles(store: FakeStore) -> None:
+    cache = ItemVectorCache(10, 60)
+    cache.store({"a": np.ones(DIM, np.float32) * 7})
+    encoders = FakeEncoders()
+    stage = HistoryVectors(cache, store, encoders, "news", max_history=3)
+    entries = [HistoryEntry("dropped-old", ""), HistoryEntry("a", ""), HistoryEntry("b", ""),
+               HistoryEntry("unknown", "Fresh title"), HistoryEntry("", "")]  # fmt: skip
+    history = await stage(entries, ctx())
+    assert history.vectors.shape == (3, DIM)  # the 3 most recent usable entries, oldest first
+    np.testing.assert_array_equal(history.vectors[0], np.ones(DIM) * 7)  # from memory, not Milvus
+    np.testing.assert_array_equal(history.vectors[1], store.rows["news"]["b"]["vector"])
+    assert history.vectors[2][0] == len("Fresh title")  # encoded by Triton
+    assert ("get", ("b", "unknown")) in store.calls and encoders.calls == [("title", 1)]
+    assert history.seen == {"dropped-old", "a", "b", "unknown"}
+    assert cache.lookup(["b"])[1] == []  # the Milvus answer is now cached
+
+
+async def test_recommend_ranks_by_inner_product_and_drops_seen_items(store: FakeStore) -> None:
+    rec = recommender(store, ItemVectorCache(10, 60), FakeEncoders())
+    query = RecommendQuery("u", (HistoryEntry("a", ""),), k=2, filters=Filters(), exclude_seen=True, diversity=0)
+    result = await rec(query, ctx())
+    assert not result.cold_start and result.history_used == 1
+    assert [i.item_id for i in result.items] == ["c", "b"]  # user = a's vector: c is closest, a is seen
+    kept = await rec(RecommendQuery("u", query.history, 2, Filters(), exclude_seen=False, diversity=0), ctx())
+    assert [i.item_id for i in kept.items] == ["a", "c"]
+
+
+async def test_filters_reach_the_candidate_search(store: FakeStore) -> None:
+    rec = recommender(store, ItemVectorCache(10, 60), FakeEncoders())
+    query = RecommendQuery("u", (HistoryEntry("a", ""),), 5, Filters(categories=("y",)), True, 0)
+    assert {i.item_id for i in (await rec(query, ctx())).items} == {"b", "d"}
+
+
+async def test_no_usable_history_is_a_cold_start_of_popular_recent_items(store: FakeStore) -> None:
+    day = 86_400
+    store.rows["news"]["a"].update(popularity=5.0, published=int(9.5 * day))
+    store.rows["news"]["b"].update(popularity=9.0, published=1 * day)  # popular but old
+    store.rows["news"]["c"].update(popularity=1.0, published=10 * day)
+    store.rows["news"]["d"].update(popularity=0.0, published=2 * day)
+    rec = recommender(store, ItemVectorCache(10, 60), FakeEncoders())  # window: 1 day
+    rec.cold_start.observe(10 * day)
+    query = RecommendQuery("new", (HistoryEntry("not-in-catalog", ""),), 2, Filters(), True, 0)
+    result = await rec(query, ctx())
+    assert result.cold_start and result.history_used == 0
+    assert [i.item_id for i in result.items] == ["a", "c"]  # recent first by popularity; b is old
+    more = await rec(RecommendQuery("new", (), 4, Filters(), True, 0), ctx())
+    assert [i.item_id for i in more.items][:3] == ["a", "c", "b"]  # older items fill up when too few
+
+
+def test_mmr_without_diversity_keeps_relevance_order_and_with_it_avoids_near_duplicates() -> None:
+    def item(name: str, score: float, vector: list[float]) -> Item:
+        return Item(name, score, vector=np.asarray(vector, dtype=np.float32))
+
+    items = [item("top", 3.0, [1, 0]), item("twin", 2.9, [1, 0.01]), item("other", 2.0, [0, 1])]
+    assert [i.item_id for i in mmr_order(items, 2, 0.0)] == ["top", "twin"]
+    assert [i.item_id for i in mmr_order(items, 2, 0.7)] == ["top", "other"]
+    assert [i.item_id for i in exclude_seen(items, {"twin"})] == ["top", "other"]
+
+
+async def test_search_encodes_the_query_and_returns_passages_with_their_fields() -> None:
+    store = FakeStore(rows={"passages": {"p": {"id": "p", "vector": np.array([1, 0, 0, 0], np.float32),
+                                              "text": "T", "title": "H", "category": "c", "doc_id": "D",
+                                              "published": 0}}})  # fmt: skip
+    encoders = FakeEncoders()
+    search = PassageSearch(QueryVector(encoders), store, "passages")
+    context = ctx()
+    (hit,) = await search(SearchQueryFactory.make("hello"), context)
+    assert (hit.item_id, hit.text, hit.doc_id) == ("p", "T", "D")
+    assert encoders.calls == [("query", 1)]
+    assert [name for name, _ in context.timer.stages] == ["triton.query_encoder", "milvus.search"]
+
+
+class SearchQueryFactory:
+    @staticmethod
+    def make(text: str):
+        from server.requests import SearchQuery
+
+        return SearchQuery(text, 3, Filters())
+
+
+async def test_ingest_encodes_in_chunks_writes_milvus_and_updates_memory(store: FakeStore) -> None:
+    cache, encoders = ItemVectorCache(10, 60), FakeEncoders()
+    cold = ColdStart(store, "news", 1, 10)
+    ingest = Ingest(encoders, store, cache, cold, "news", "passages", encode_batch=2)
+    records = [NewsRecord(f"n{i}", f"title {i}", "c", "", "", 1000 + i, 0.0) for i in range(5)]
+    assert await ingest.upsert_news(records, ctx()) == 5
+    assert encoders.calls == [("title", 2), ("title", 2), ("title", 1)]
+    assert set(store.rows["news"]) >= {f"n{i}" for i in range(5)}
+    assert cache.lookup(["n4"])[1] == [] and cold.newest_published == 1004
+    assert await ingest.delete(["n4", "missing"], [], ctx()) == (1, 0)
+    assert cache.lookup(["n4"])[1] == ["n4"]
+
+
+async def test_an_expired_deadline_stops_a_stage_before_it_calls_out(store: FakeStore) -> None:
+    encoders = FakeEncoders()
+    with pytest.raises(DependencyTimeout):
+        await UserVector(encoders)(np.ones((1, DIM), np.float32), RequestContext.with_budget(-1))
+    assert encoders.calls == []
+
+
+@dataclass
+class FakeLLM:
+    tokens: list[str]
+    closed: bool = False
+    requests: list[GenerationRequest] = field(default_factory=list)
+
+    async def stream(self, request: GenerationRequest, *, timeout_s: float) -> AsyncIterator[TokenChunk]:
+        self.requests.append(request)
+        try:
+            for token in self.tokens:
+                await asyncio.sleep(0)
+                yield TokenChunk(token)
+            yield TokenChunk(finish_reason="stop", prompt_tokens=42, completion_tokens=len(self.tokens))
+        finally:
+            self.closed = True
+
+    async def health(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeSearch:
+    def __init__(self, scores: list[float]) -> None:
+        self.scores = scores
+
+    async def __call__(self, query, ctx):
+        return [Item(f"p{i}", s, title="t", text="passage text") for i, s in enumerate(self.scores)]
+
+
+def answer_query(**overrides: Any) -> AnswerQuery:
+    return AnswerQuery(**{"question": "why?", "k": 2, "filters": Filters(), "max_tokens": 0, "temperature": 0.0,
+                          **overrides})  # fmt: skip
+
+
+async def test_answer_streams_sources_then_tokens_then_done() -> None:
+    llm = FakeLLM(["The ", "answer."])
+    events = [e async for e in Answerer(FakeSearch([0.9, 0.5]), llm, RagSettings(min_score=0.3))(answer_query(), ctx())]
+    assert isinstance(events[0], Sources) and events[0].grounded
+    assert [e.text for e in events[1:-1]] == ["The ", "answer."] and all(isinstance(e, Token) for e in events[1:-1])
+    done = events[-1]
+    assert isinstance(done, Done) and done.text == "The answer." and done.finish_reason == "stop"
+    assert (done.prompt_tokens, done.completion_tokens) == (42, 2)
+    assert "p0" in llm.requests[0].messages[-1].content  # the passages are in the prompt with their ids
+    assert llm.requests[0].max_tokens is None and llm.closed
+
+
+async def test_answer_without_a_relevant_passage_does_not_call_the_llm() -> None:
+    llm = FakeLLM(["made up"])
+    events = [e async for e in Answerer(FakeSearch([0.1]), llm, RagSettings(min_score=0.3))(answer_query(), ctx())]
+    assert not events[0].grounded
+    assert events[1].text == NO_SOURCES_ANSWER and events[-1].finish_reason == "no_sources"
+    assert llm.requests == []
+
+
+async def test_leaving_the_answer_stream_early_closes_the_llm_stream() -> None:
+    llm = FakeLLM(["a", "b", "c", "d"])
+    stream = Answerer(FakeSearch([0.9]), llm, RagSettings(min_score=0.3))(answer_query(), ctx())
+    async for event in stream:
+        if isinstance(event, Token):
+            break
+    await stream.aclose()  # what grpc.aio does when the client cancels
+    assert llm.closed
