@@ -60,7 +60,7 @@ demo: setup  ## the whole product on embedded defaults: data, training, export, 
 	$(CLI) recommend --user demo-user --history "$$history" -k 8; \
 	$(CLI) recommend --user brand-new-user -k 5; \
 	$(CLI) search "$$query" -k 5; \
-	$(CLI) ask "$$query"
+	$(CLI) ask "What happened: $$query?"
 
 test: setup  ## run the test suite (unit + end-to-end against the real local stack)
 	$(PY) -m pytest

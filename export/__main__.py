@@ -49,7 +49,7 @@ def export_table(report: dict) -> Table:
     for column in ("model", "version", "max |diff|", "padding |diff|", "inputs", "MB"):
         table.add_column(column)
     for name, model in report["models"].items():
-        inputs = ", ".join(f"{t['name']}{t['dims']}" for t in model["inputs"])
+        inputs = ", ".join(t["name"] for t in model["inputs"])
         table.add_row(
             name,
             str(report["versions"][name]),

@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     ask.add_argument("--max-tokens", type=int, default=0, help="0 = server default")
     ask.add_argument("--temperature", type=float, default=0.0)
-    ask.set_defaults(k=3)
+    ask.set_defaults(k=0)  # 0: the server's default number of passages
     commands.add_parser("health", help="the gateway's health per service")
     return root
 

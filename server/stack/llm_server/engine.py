@@ -36,6 +36,9 @@ class ChatJob:
     temperature: float
     stop: list[str]
     seed: int | None = None
+    # Ollama's and llama.cpp's usual default; llama-cpp-python's own is 1.0, with which the 135M model
+    # loops on a phrase until max_tokens (seen on the demo's questions).
+    repeat_penalty: float = 1.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,7 @@ class ModelRunner:
             temperature=job.temperature,
             stop=job.stop,
             seed=job.seed,
+            repeat_penalty=job.repeat_penalty,
             stream=True,
             logits_processor=LogitsProcessorList([counter]),
         )

@@ -34,6 +34,7 @@ class Options(BaseModel):
     temperature: float | None = Field(None, ge=0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    repeat_penalty: float | None = Field(None, gt=0)
 
 
 class ChatRequest(BaseModel):
@@ -79,6 +80,7 @@ def router(serving: Serving) -> APIRouter:
             temperature=DEFAULT_TEMPERATURE if options.temperature is None else options.temperature,
             stop=options.stop,
             seed=options.seed,
+            **({"repeat_penalty": options.repeat_penalty} if options.repeat_penalty is not None else {}),
         )
         events = await start_generation(serving.runner.generate(job), request)
         if not body.stream:
