@@ -22,15 +22,24 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from server.batching import BatchedEncoders, BatchedSearch
 from server.config import Settings, load_settings
 from server.errors import DependencyUnavailable
 from server.health import HealthMonitor
-from server.item_cache import ItemVectorCache
+from server.item_cache import FIELDS as CACHED_FIELDS
+from server.item_cache import CachedNews, ItemCache
 from server.llm import make_llm_client
 from server.observability import configure_logging
 from server.pipeline.answer import Answerer
 from server.pipeline.ingest import Ingest
-from server.pipeline.recommend import AnnCandidates, ColdStart, HistoryVectors, Recommender, UserVector
+from server.pipeline.recommend import (
+    AnnCandidates,
+    CatalogView,
+    ColdStart,
+    HistoryVectors,
+    Recommender,
+    UserVector,
+)
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
@@ -48,7 +57,7 @@ class GatewayApp:
         self.encoders = TritonEncoders.from_settings(settings.triton)
         self.store = VectorStore(settings.milvus)
         rec = settings.recommend
-        self.cache = ItemVectorCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
+        self.cache = ItemCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
         self.llm = make_llm_client(settings.llm)
         self.health = HealthMonitor(
             {"triton": self.encoders.ready, "milvus": self.store.ready, "llm": self.llm.health},
@@ -83,16 +92,20 @@ class GatewayApp:
 
     def _service(self) -> GatewayService:
         s = self.settings
+        searcher = BatchedSearch(self.store, s.milvus.search_batch, s.milvus.search_in_flight)
+        # One-row calls of the request path are coalesced; ingestion sends its own full batches.
+        request_encoders = BatchedEncoders(self.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
         self.cold_start = ColdStart(
             self.store, s.milvus.news_collection, s.recommend.cold_start_window_days, s.recommend.cold_start_pool
         )
+        catalog = CatalogView(self.cache, self.store, s.milvus.news_collection)
         recommender = Recommender(
-            HistoryVectors(self.cache, self.store, self.encoders, s.milvus.news_collection, s.recommend.max_history),
-            UserVector(self.encoders),
-            AnnCandidates(self.store, s.milvus.news_collection),
+            HistoryVectors(catalog, self.encoders, s.recommend.max_history),
+            UserVector(request_encoders),
+            AnnCandidates(searcher, catalog),
             self.cold_start,
         )
-        search = PassageSearch(QueryVector(self.encoders), self.store, s.milvus.passage_collection)
+        search = PassageSearch(QueryVector(request_encoders), searcher, s.milvus.passage_collection)
         ingest = Ingest(
             self.encoders,
             self.store,
@@ -126,13 +139,13 @@ class GatewayApp:
             await asyncio.sleep(1.0)
 
     async def _warm_cache(self) -> None:
-        """Fill the item-vector cache and the cold-start clock from Milvus, in the background."""
+        """Fill the item cache and the cold-start clock from Milvus, in the background."""
         started = time.perf_counter()
         try:
-            async for row in self.store.iterate(self.settings.milvus.news_collection, ["vector", "published"]):
+            async for row in self.store.iterate(self.settings.milvus.news_collection, CACHED_FIELDS):
                 self.cold_start.observe(int(row["published"]))
                 if self.cache.has_room():
-                    self.cache.store({row["id"]: row["vector"]})
+                    self.cache.store({row["id"]: CachedNews.from_row(row)})
         except Exception as error:  # warm-up is an optimisation: requests fall back to Milvus
             log.warning("cache_warmup_failed", error=str(error))
             return

@@ -12,7 +12,7 @@ import pytest
 
 from server.config import RagSettings
 from server.errors import DependencyTimeout
-from server.item_cache import ItemVectorCache
+from server.item_cache import CachedNews, ItemCache
 from server.llm.prompt import NO_SOURCES_ANSWER
 from server.llm.types import GenerationRequest, TokenChunk
 from server.pipeline.answer import Answerer, Done, Sources, Token
@@ -20,6 +20,7 @@ from server.pipeline.common import Item, RequestContext
 from server.pipeline.ingest import Ingest
 from server.pipeline.recommend import (
     AnnCandidates,
+    CatalogView,
     ColdStart,
     HistoryVectors,
     Recommender,
@@ -118,20 +119,21 @@ def store() -> FakeStore:
     return FakeStore(rows={"news": rows})
 
 
-def recommender(store: FakeStore, cache: ItemVectorCache, encoders: FakeEncoders) -> Recommender:
+def recommender(store: FakeStore, cache: ItemCache, encoders: FakeEncoders) -> Recommender:
+    catalog = CatalogView(cache, store, "news")
     return Recommender(
-        HistoryVectors(cache, store, encoders, "news", max_history=3),
+        HistoryVectors(catalog, encoders, max_history=3),
         UserVector(encoders),
-        AnnCandidates(store, "news"),
+        AnnCandidates(store, catalog),
         ColdStart(store, "news", window_days=1, pool=100),
     )
 
 
 async def test_history_comes_from_memory_first_then_milvus_then_titles(store: FakeStore) -> None:
-    cache = ItemVectorCache(10, 60)
-    cache.store({"a": np.ones(DIM, np.float32) * 7})
+    cache = ItemCache(10, 60)
+    cache.store({"a": CachedNews(np.ones(DIM, np.float32) * 7, "A", "x", 1)})
     encoders = FakeEncoders()
-    stage = HistoryVectors(cache, store, encoders, "news", max_history=3)
+    stage = HistoryVectors(CatalogView(cache, store, "news"), encoders, max_history=3)
     entries = [HistoryEntry("dropped-old", ""), HistoryEntry("a", ""), HistoryEntry("b", ""),
                HistoryEntry("unknown", "Fresh title"), HistoryEntry("", "")]  # fmt: skip
     history = await stage(entries, ctx())
@@ -145,7 +147,7 @@ async def test_history_comes_from_memory_first_then_milvus_then_titles(store: Fa
 
 
 async def test_recommend_ranks_by_inner_product_and_drops_seen_items(store: FakeStore) -> None:
-    rec = recommender(store, ItemVectorCache(10, 60), FakeEncoders())
+    rec = recommender(store, ItemCache(10, 60), FakeEncoders())
     query = RecommendQuery("u", (HistoryEntry("a", ""),), k=2, filters=Filters(), exclude_seen=True, diversity=0)
     result = await rec(query, ctx())
     assert not result.cold_start and result.history_used == 1
@@ -155,7 +157,7 @@ async def test_recommend_ranks_by_inner_product_and_drops_seen_items(store: Fake
 
 
 async def test_filters_reach_the_candidate_search(store: FakeStore) -> None:
-    rec = recommender(store, ItemVectorCache(10, 60), FakeEncoders())
+    rec = recommender(store, ItemCache(10, 60), FakeEncoders())
     query = RecommendQuery("u", (HistoryEntry("a", ""),), 5, Filters(categories=("y",)), True, 0)
     assert {i.item_id for i in (await rec(query, ctx())).items} == {"b", "d"}
 
@@ -166,7 +168,7 @@ async def test_no_usable_history_is_a_cold_start_of_popular_recent_items(store: 
     store.rows["news"]["b"].update(popularity=9.0, published=1 * day)  # popular but old
     store.rows["news"]["c"].update(popularity=1.0, published=10 * day)
     store.rows["news"]["d"].update(popularity=0.0, published=2 * day)
-    rec = recommender(store, ItemVectorCache(10, 60), FakeEncoders())  # window: 1 day
+    rec = recommender(store, ItemCache(10, 60), FakeEncoders())  # window: 1 day
     rec.cold_start.observe(10 * day)
     query = RecommendQuery("new", (HistoryEntry("not-in-catalog", ""),), 2, Filters(), True, 0)
     result = await rec(query, ctx())
@@ -208,7 +210,7 @@ class SearchQueryFactory:
 
 
 async def test_ingest_encodes_in_chunks_writes_milvus_and_updates_memory(store: FakeStore) -> None:
-    cache, encoders = ItemVectorCache(10, 60), FakeEncoders()
+    cache, encoders = ItemCache(10, 60), FakeEncoders()
     cold = ColdStart(store, "news", 1, 10)
     ingest = Ingest(encoders, store, cache, cold, "news", "passages", encode_batch=2)
     records = [NewsRecord(f"n{i}", f"title {i}", "c", "", "", 1000 + i, 0.0) for i in range(5)]

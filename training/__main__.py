@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines would fill the training log
     return COMMANDS[args.command](args, console)
 
 

@@ -70,8 +70,8 @@ class Hit(Protocol):
     fields: dict[str, Any]
 
 
-class VectorStore(Protocol):
-    """The Milvus operations the stages need (implemented by `server.vector_store.VectorStore`)."""
+class Searcher(Protocol):
+    """ANN search (`server.vector_store.VectorStore`, or `server.batching.BatchedSearch` over it)."""
 
     async def search(
         self,
@@ -82,6 +82,10 @@ class VectorStore(Protocol):
         output_fields: Sequence[str] = (),
         timeout: float | None = None,
     ) -> list[list[Hit]]: ...
+
+
+class VectorStore(Searcher, Protocol):
+    """The Milvus operations the stages need (implemented by `server.vector_store.VectorStore`)."""
 
     async def get(
         self, collection: str, ids: Sequence[str], output_fields: Sequence[str] = (), timeout: float | None = None

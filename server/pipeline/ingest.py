@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from server.item_cache import ItemVectorCache
+from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import Encoders, RequestContext, VectorStore
 from server.pipeline.recommend import ColdStart
 from server.requests import NewsRecord, PassageRecord
@@ -25,7 +25,7 @@ class Ingest:
         self,
         encoders: Encoders,
         store: VectorStore,
-        cache: ItemVectorCache,
+        cache: ItemCache,
         cold_start: ColdStart,
         news_collection: str,
         passage_collection: str,
@@ -53,7 +53,7 @@ class Ingest:
         ]
         with ctx.timer.stage("milvus.upsert_news"):
             written = await self.store.upsert(self.news_collection, rows, ctx.remaining("milvus"))
-        self.cache.store({r.item_id: vector for r, vector in zip(records, vectors, strict=True)})
+        self.cache.store({row["id"]: CachedNews.from_row(row) for row in rows})
         for record in records:
             self.cold_start.observe(record.published)
         return written

@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.item_cache import ItemVectorCache
-from server.pipeline.common import Encoders, Item, RequestContext, VectorStore
+from server.item_cache import FIELDS as CACHED_FIELDS
+from server.item_cache import CachedNews, ItemCache
+from server.pipeline.common import Encoders, Item, RequestContext, Searcher, VectorStore
 from server.requests import HistoryEntry, RecommendQuery
 from server.vector_store import Filters
 
@@ -32,20 +33,34 @@ class History:
     seen: set[str]  # every id the request named, used or not
 
 
+class CatalogView:
+    """News entries by id: from the gateway's memory first, the rest fetched from Milvus (and remembered)."""
+
+    def __init__(self, cache: ItemCache, store: VectorStore, collection: str) -> None:
+        self.cache, self.store, self.collection = cache, store, collection
+
+    async def entries(self, ids: Sequence[str], stage: str, ctx: RequestContext) -> dict[str, CachedNews]:
+        found, missing = self.cache.lookup(ids)
+        if missing:
+            with ctx.timer.stage(stage):
+                rows = await self.store.get(self.collection, missing, CACHED_FIELDS, ctx.remaining("milvus"))
+            fetched = {item_id: CachedNews.from_row(row) for item_id, row in rows.items()}
+            self.cache.store(fetched)
+            found.update(fetched)
+        return found
+
+
 class HistoryVectors:
     """Clicked items -> their news vectors, keeping the most recent `max_history`."""
 
-    def __init__(
-        self, cache: ItemVectorCache, store: VectorStore, encoders: Encoders, collection: str, max_history: int
-    ) -> None:
-        self.cache, self.store, self.encoders = cache, store, encoders
-        self.collection, self.max_history = collection, max_history
+    def __init__(self, catalog: CatalogView, encoders: Encoders, max_history: int) -> None:
+        self.catalog, self.encoders, self.max_history = catalog, encoders, max_history
 
     async def __call__(self, entries: Sequence[HistoryEntry], ctx: RequestContext) -> History:
         seen = {e.item_id for e in entries if e.item_id}
         recent = [e for e in entries if e.item_id or e.title][-self.max_history :]
-        known = await self._known(sorted({e.item_id for e in recent if e.item_id}), ctx)
-        vectors: list[np.ndarray | None] = [known.get(e.item_id) for e in recent]
+        known = await self.catalog.entries(sorted({e.item_id for e in recent if e.item_id}), "milvus.get_history", ctx)
+        vectors: list[np.ndarray | None] = [known[e.item_id].vector if e.item_id in known else None for e in recent]
         untitled = [i for i, e in enumerate(recent) if vectors[i] is None and e.title]
         if untitled:  # ids the catalog does not know, but with a title: encode the title
             with ctx.timer.stage("triton.news_encoder"):
@@ -56,17 +71,6 @@ class HistoryVectors:
                 vectors[i] = vector
         used = [v for v in vectors if v is not None]
         return History(np.stack(used) if used else np.zeros((0, 0), np.float32), seen)
-
-    async def _known(self, ids: list[str], ctx: RequestContext) -> dict[str, np.ndarray]:
-        with ctx.timer.stage("cache.history"):
-            found, missing = self.cache.lookup(ids)
-        if missing:
-            with ctx.timer.stage("milvus.get_history"):
-                rows = await self.store.get(self.collection, missing, ["vector"], ctx.remaining("milvus"))
-            fetched = {item_id: row["vector"] for item_id, row in rows.items()}
-            self.cache.store(fetched)
-            found.update(fetched)
-        return found
 
 
 class UserVector:
@@ -81,21 +85,26 @@ class UserVector:
 
 
 class AnnCandidates:
-    """Top candidates by inner product; asks for enough extra to survive ExcludeSeen."""
+    """Top candidates by inner product (ids and scores from Milvus, the rest from the catalog view);
+    asks for enough extra to survive ExcludeSeen."""
 
-    def __init__(self, store: VectorStore, collection: str, max_limit: int = 16_384) -> None:
-        self.store, self.collection, self.max_limit = store, collection, max_limit
+    def __init__(self, searcher: Searcher, catalog: CatalogView, max_limit: int = 16_384) -> None:
+        self.searcher, self.catalog, self.max_limit = searcher, catalog, max_limit
 
     async def __call__(
-        self, user: np.ndarray, k: int, filters: Filters, exclude: int, with_vectors: bool, ctx: RequestContext
+        self, user: np.ndarray, k: int, filters: Filters, exclude: int, ctx: RequestContext
     ) -> list[Item]:
         limit = min(self.max_limit, k + exclude)
-        fields = (*NEWS_FIELDS, "vector") if with_vectors else NEWS_FIELDS
         with ctx.timer.stage("milvus.search"):
-            (hits,) = await self.store.search(
-                self.collection, user[None], limit, filters, fields, ctx.remaining("milvus")
+            (hits,) = await self.searcher.search(
+                self.catalog.collection, user[None], limit, filters, (), ctx.remaining("milvus")
             )
-        return [Item.from_row(hit.id, hit.score, hit.fields) for hit in hits]
+        entries = await self.catalog.entries([hit.id for hit in hits], "milvus.get_candidates", ctx)
+        return [
+            Item(hit.id, hit.score, entry.title, entry.category, entry.published, vector=entry.vector)
+            for hit in hits
+            if (entry := entries.get(hit.id)) is not None  # deleted between search and lookup
+        ]
 
 
 def exclude_seen(items: list[Item], seen: set[str]) -> list[Item]:
@@ -196,7 +205,7 @@ class Recommender:
         diversify = query.diversity > 0
         # MMR picks k of a wider pool; without it the top k (after dropping seen items) is the answer.
         pool = query.k * 4 if diversify else query.k
-        items = await self.candidates(user, pool, query.filters, len(exclude), diversify, ctx)
+        items = await self.candidates(user, pool, query.filters, len(exclude), ctx)
         with ctx.timer.stage("rank"):
             items = mmr_order(exclude_seen(items, exclude), query.k, query.diversity)
         return Recommendation(items, cold_start=False, history_used=history.vectors.shape[0])

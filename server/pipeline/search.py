@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.pipeline.common import Encoders, Item, RequestContext, VectorStore
+from server.pipeline.common import Encoders, Item, RequestContext, Searcher
 from server.requests import SearchQuery
 
 PASSAGE_FIELDS = ("text", "title", "category", "doc_id", "published")
@@ -26,7 +26,7 @@ class QueryVector:
 class PassageSearch:
     """The Search pipeline: QueryVector, then a filtered ANN search over passages."""
 
-    def __init__(self, query_vector: QueryVector, store: VectorStore, collection: str) -> None:
+    def __init__(self, query_vector: QueryVector, store: Searcher, collection: str) -> None:
         self.query_vector, self.store, self.collection = query_vector, store, collection
 
     async def __call__(self, query: SearchQuery, ctx: RequestContext) -> list[Item]:
