@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -47,23 +48,42 @@ def test_no_relevant_passage_gives_the_honest_answer_without_the_llm(gateway) ->
     assert chunks[-1].done.finish_reason == "no_sources" and chunks[-1].done.completion_tokens == 0
 
 
-def test_cancelling_mid_stream_frees_the_model_for_the_next_request(gateway) -> None:
-    stream = gateway.Answer(pb.AnswerRequest(question=QUESTION, max_tokens=1024), timeout=120)
+# At temperature 2 the small model rambles: 30-400+ tokens (measured), i.e. it is still generating a
+# few tokens in, or 0.25 s in, when these tests walk away from it.
+RAMBLING = pb.AnswerRequest(question=QUESTION, max_tokens=1024, temperature=2.0)
+
+
+def llm_cancellations(stack) -> int:
+    return stack.llm.log_path.read_text().count("cancelled after")
+
+
+def wait_for_cancellations(stack, count: int, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while llm_cancellations(stack) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert llm_cancellations(stack) >= count, "the LLM server never stopped the abandoned generation"
+
+
+def test_cancelling_mid_stream_stops_generation_and_frees_the_model(gateway, stack) -> None:
+    before = llm_cancellations(stack)
+    stream = gateway.Answer(RAMBLING, timeout=120)
     tokens = 0
     for chunk in stream:
         tokens += chunk.WhichOneof("chunk") == "token"
         if tokens == 3:
             stream.cancel()
             break
-    # Had generation gone on, this request would queue behind up to 1,024 tokens (well over 8 s here).
+    wait_for_cancellations(stack, before + 1)
     done = collect(gateway, pb.AnswerRequest(question=QUESTION, max_tokens=8), timeout=8)[-1].done
     assert done.completion_tokens > 0
 
 
-def test_a_passed_deadline_stops_generation(gateway) -> None:
+def test_a_passed_deadline_stops_generation(gateway, stack) -> None:
+    before = llm_cancellations(stack)
     with pytest.raises(grpc.RpcError) as caught:
-        collect(gateway, pb.AnswerRequest(question=QUESTION, max_tokens=1024), timeout=1.5)
+        collect(gateway, RAMBLING, timeout=0.25)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for_cancellations(stack, before + 1)
     assert collect(gateway, pb.AnswerRequest(question=QUESTION, max_tokens=8), timeout=8)[-1].done.text
 
 

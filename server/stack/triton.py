@@ -288,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = args.models or repository_models(args.repo)
     if not models:
         parser.error(f"--repo {args.repo}: no model directories with a config.pbtxt")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly through `finally` below
+    # Stop cleanly through `finally` below. SIGINT explicitly too: a shell starting us in the background
+    # without job control leaves SIGINT ignored, and Python then never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = TritonServer(
         args.repo,
         models,
