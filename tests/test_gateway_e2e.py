@@ -5,9 +5,12 @@ Rankings are compared with the same computation done offline with the PyTorch ch
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -16,7 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from recstack.v1 import gateway_pb2 as pb
+from recstack.v1 import gateway_pb2_grpc
 from server.health import SERVICE
+from server.stack.local import gateway_serving
+from server.stack.process import ManagedProcess, free_port
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.mind import load_mind_split
@@ -232,9 +238,37 @@ def test_a_passed_deadline_is_deadline_exceeded(gateway) -> None:
 
 
 def test_prometheus_metrics_count_rpcs_and_stages(gateway, stack) -> None:
-    import httpx
-
     gateway.Search(pb.SearchRequest(query="metrics", k=3), timeout=10)
     text = httpx.get(stack.metrics_url, timeout=5).text
     assert 'recstack_rpc_seconds_count{code="OK",method="Search"}' in text
     assert 'recstack_stage_seconds_count{stage="milvus.search"}' in text
+
+
+@pytest.fixture(scope="module")
+def one_rpc_gateway(stack, tmp_path_factory):
+    """A second gateway on the same Triton/Milvus/LLM, configured for one RPC at a time."""
+    port = free_port()
+    env = {**os.environ, **stack.gateway_environment(port), "RECSTACK_GATEWAY__MAX_CONCURRENT_RPCS": "1"}
+    address = f"127.0.0.1:{port}"
+    process = ManagedProcess(
+        name="gateway-limited",
+        argv=[sys.executable, "-m", "server"],
+        log_path=tmp_path_factory.mktemp("limited") / "gateway.log",
+        ready=lambda: gateway_serving(address),
+        env=env,
+    )
+    with process, grpc.insecure_channel(address) as channel:
+        yield gateway_pb2_grpc.GatewayStub(channel)
+
+
+def test_over_the_concurrency_limit_is_resource_exhausted(one_rpc_gateway) -> None:
+    holding = one_rpc_gateway.Answer(
+        pb.AnswerRequest(question="What happened?", max_tokens=1024, temperature=2.0), timeout=60
+    )
+    next(holding)  # the sources: the Answer is now in flight and holds the only slot
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            one_rpc_gateway.Search(pb.SearchRequest(query="markets", k=3), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        holding.cancel()
