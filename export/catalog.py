@@ -6,12 +6,13 @@ re-running re-writes the same rows.
 
 News popularity (used by the cold-start ranking) is the item's click count in the behaviour logs
 available at indexing time (every split's impressions and histories).
+The benchmarks' upsert workload sends the same items (`benchmarks.workload.load_catalog`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +23,12 @@ from rich.progress import Progress
 
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
-from training.data.mind import load_mind_split
+from training.data.mind import BEHAVIORS_FILE, NEWS_FILE, load_behaviors, load_news
 from training.data.msmarco import load_collection, load_passage_meta
-from training.data.types import MindSplit
+from training.data.types import Impression
 
 BATCH = 256
+SPLITS = ("train", "dev")
 
 
 @dataclass(frozen=True)
@@ -41,20 +43,23 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return Timestamp(seconds=int(value.replace(tzinfo=value.tzinfo or UTC).timestamp()))
 
 
-def click_counts(splits: Sequence[MindSplit]) -> Counter[str]:
+def click_counts(impressions: Iterable[Impression]) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for split in splits:
-        for impression in split.impressions:
-            counts.update(impression.history)
-            labels = impression.labels or ()
-            counts.update(c for c, y in zip(impression.candidates, labels, strict=False) if y == 1)
+    for impression in impressions:
+        counts.update(impression.history)
+        labels = impression.labels or ()
+        counts.update(c for c, y in zip(impression.candidates, labels, strict=False) if y == 1)
     return counts
 
 
 def news_items(mind_dir: Path) -> list[pb.NewsItem]:
-    splits = [load_mind_split(mind_dir / name) for name in ("train", "dev")]
-    clicks = click_counts(splits)
-    articles = {news_id: article for split in splits for news_id, article in split.news.items()}
+    """Every article of the train/dev splits present, popularity counted from their behaviours logs."""
+    splits = [mind_dir / name for name in SPLITS if (mind_dir / name / NEWS_FILE).is_file()]
+    if not splits:
+        raise FileNotFoundError(f"no {NEWS_FILE} under {mind_dir}/train or {mind_dir}/dev (run `make data`)")
+    articles = {news_id: article for split in splits for news_id, article in load_news(split / NEWS_FILE).items()}
+    logs = [split / BEHAVIORS_FILE for split in splits if (split / BEHAVIORS_FILE).is_file()]
+    clicks = click_counts(impression for path in logs for impression in load_behaviors(path))
     return [
         pb.NewsItem(
             id=a.news_id,
@@ -70,7 +75,11 @@ def news_items(mind_dir: Path) -> list[pb.NewsItem]:
 
 
 def passage_items(msmarco_dir: Path) -> list[pb.PassageItem]:
-    collection = load_collection(msmarco_dir / "collection.tsv")
+    """collection.tsv, with title/category/doc_id/published from passage_meta.tsv when it exists."""
+    path = msmarco_dir / "collection.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (run `make data`)")
+    collection = load_collection(path)
     meta_path = msmarco_dir / "passage_meta.tsv"
     meta = load_passage_meta(meta_path) if meta_path.exists() else {}
     items = []

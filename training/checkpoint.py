@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from training.config import NRMSRunConfig, RunConfig, TwoTowerRunConfig
+from training.loop import FitResult
 from training.models.nrms import NRMS
 from training.models.two_tower import TwoTower
 from training.text import TokenizerRef
@@ -31,6 +32,21 @@ class Checkpoint:
     best_epoch: int = 0
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     extra: dict = field(default_factory=dict)  # e.g. data manifest, wall time
+
+    @classmethod
+    def from_fit(
+        cls, run: RunConfig, result: FitResult, tokenizers: dict[str, TokenizerRef], **extra: object
+    ) -> Checkpoint:
+        """The checkpoint of a finished `training.loop.fit`: its best weights, history and metrics."""
+        return cls(
+            run=run,
+            state_dict=result.best_state,
+            tokenizers=tokenizers,
+            history=result.history,
+            best_metrics=result.best_metrics,
+            best_epoch=result.best_epoch,
+            extra=dict(extra),
+        )
 
     @property
     def kind(self) -> str:

@@ -189,12 +189,10 @@ def train_nrms(run: NRMSRunConfig) -> Checkpoint:
         metric=run.metric,
         label=run.name,
     )
-    return Checkpoint(
-        run=run,
-        state_dict=result.best_state,
-        tokenizers={"title": tokenizer_ref},
-        history=result.history,
-        best_metrics=result.best_metrics,
-        best_epoch=result.best_epoch,
-        extra={"train_impressions": len(train_impressions), "dev_impressions": len(dev_impressions)},
+    return Checkpoint.from_fit(
+        run,
+        result,
+        {"title": tokenizer_ref},
+        train_impressions=len(train_impressions),
+        dev_impressions=len(dev_impressions),
     )

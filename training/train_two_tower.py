@@ -142,14 +142,13 @@ def train_two_tower(run: TwoTowerRunConfig) -> Checkpoint:
         metric=run.metric,
         label=run.name,
     )
-    return Checkpoint(
-        run=run,
-        state_dict=result.best_state,
-        tokenizers={"query": query_ref, "passage": passage_ref},
-        history=result.history,
-        best_metrics=result.best_metrics,
-        best_epoch=result.best_epoch,
-        extra={"train_pairs": len(pairs), "dev_queries": len(dev.queries), "passages": len(passages.keys)},
+    return Checkpoint.from_fit(
+        run,
+        result,
+        {"query": query_ref, "passage": passage_ref},
+        train_pairs=len(pairs),
+        dev_queries=len(dev.queries),
+        passages=len(passages.keys),
     )
 
 
