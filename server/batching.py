@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from server.observability import BATCH_SIZE
 from server.pipeline.common import Encoders, Hit, Searcher
 from server.vector_store import Filters
 
@@ -39,6 +40,7 @@ class Coalescer(Generic[Call, Result]):
     """Runs `run_batch(key, calls)` (returning one result per call, in order) for queued calls."""
 
     run_batch: Callable[[Hashable, list[Call]], Awaitable[list[Result]]]
+    name: str  # the `call` label of the recstack_coalesced_calls metric
     max_batch: int = 32
     max_in_flight: int = 2
     _queues: dict[Hashable, deque[_Pending[Call, Result]]] = field(default_factory=lambda: defaultdict(deque))
@@ -59,6 +61,7 @@ class Coalescer(Generic[Call, Result]):
             if not batch:
                 continue
             self._in_flight[key] += 1
+            BATCH_SIZE.labels(self.name).observe(len(batch))
             task = asyncio.create_task(self._run(key, batch))
             self._tasks.add(task)  # keep a reference until it finishes
             task.add_done_callback(self._tasks.discard)
@@ -97,7 +100,9 @@ class BatchedSearch:
 
     def __init__(self, store: Searcher, max_batch: int, max_in_flight: int) -> None:
         self.store = store
-        self._coalescer: Coalescer[_Search, list[list[Hit]]] = Coalescer(self._run, max_batch, max_in_flight)
+        self._coalescer: Coalescer[_Search, list[list[Hit]]] = Coalescer(
+            self._run, "milvus.search", max_batch, max_in_flight
+        )
 
     async def search(
         self,
@@ -150,8 +155,8 @@ class BatchedEncoders:
 
     def __init__(self, encoders: Encoders, max_rows: int, max_in_flight: int) -> None:
         self.encoders = encoders
-        self._users: Coalescer[_Users, np.ndarray] = Coalescer(self._run_users, max_rows, max_in_flight)
-        self._texts: Coalescer[_Texts, np.ndarray] = Coalescer(self._run_texts, max_rows, max_in_flight)
+        self._users: Coalescer[_Users, np.ndarray] = Coalescer(self._run_users, "triton.users", max_rows, max_in_flight)
+        self._texts: Coalescer[_Texts, np.ndarray] = Coalescer(self._run_texts, "triton.texts", max_rows, max_in_flight)
 
     async def encode_users(self, history: np.ndarray, mask: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         return await self._users.submit("users", _Users(history, mask, timeout_s))

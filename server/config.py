@@ -26,7 +26,7 @@ class TritonSettings(BaseModel):
     user_encoder: str = "nrms_user_encoder"
     query_encoder: str = "query_encoder"
     coalesce_rows: int = Field(32, ge=1, description="Most concurrent one-row calls merged into one request.")
-    coalesce_in_flight: int = Field(2, ge=1, description="Merged requests out at once per model.")
+    coalesce_in_flight: int = Field(1, ge=1, description="Merged requests out at once per model.")
     doc_encoder: str = "doc_encoder"
     tokenizer_dir: Path = Field(
         ARTIFACTS / "serving" / "tokenizers",
@@ -54,7 +54,7 @@ class MilvusSettings(BaseModel):
     search_ef: int = Field(64, ge=1, description="HNSW ef at search time; raised to the search limit when smaller.")
     search_batch: int = Field(32, ge=1, description="Most concurrent searches coalesced into one nq>1 call.")
     search_in_flight: int = Field(
-        2, ge=1, description="Batched search calls out at once per collection/filter; later ones queue and batch."
+        1, ge=1, description="Batched search calls out at once per collection/filter; later ones queue and batch."
     )
     write_batch_rows: int = Field(1000, gt=0, description="Rows per upsert request.")
     read_batch_ids: int = Field(1000, gt=0, description="Ids per get/delete request and per iterate batch.")

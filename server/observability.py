@@ -4,7 +4,9 @@ Metric names:
 - `recstack_rpc_seconds{method, code}`: latency of every RPC by its final gRPC status code;
 - `recstack_stage_seconds{stage}`: time per pipeline stage (e.g. `triton.user_encoder`, `milvus.search`);
 - `recstack_inflight_rpcs{method}`: RPCs being served now;
-- `recstack_item_cache_total{result}`: history-vector lookups served from memory (`hit`) or Milvus (`miss`).
+- `recstack_item_cache_total{result}`: catalog lookups served from memory (`hit`) or Milvus (`miss`);
+- `recstack_coalesced_calls{call}`: how many concurrent calls each downstream request carried
+  (`milvus.search`, `triton.users`, `triton.texts`; see `server.batching`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.
 RPC_SECONDS = Histogram("recstack_rpc_seconds", "Gateway RPC latency.", ["method", "code"], buckets=LATENCY_BUCKETS)
 STAGE_SECONDS = Histogram("recstack_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"])
-ITEM_CACHE = Counter("recstack_item_cache_total", "History vector lookups by result.", ["result"])
+ITEM_CACHE = Counter("recstack_item_cache_total", "Catalog lookups served from memory or not.", ["result"])
+BATCH_SIZE = Histogram(
+    "recstack_coalesced_calls", "Calls merged into one downstream request.", ["call"], buckets=(1, 2, 4, 8, 16, 32, 64)
+)
 
 
 class StageTimer:
