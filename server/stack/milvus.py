@@ -53,6 +53,8 @@ from pymilvus.client.types import LoadState
 from server.stack.process import ManagedProcess, StartupError, port_open
 
 log = logging.getLogger(__name__)
+# The readiness probe's failures while Milvus starts are expected; pymilvus would log each with a traceback.
+logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
 HOST = "127.0.0.1"
 # The template's port settings besides the client port (`proxy_port`).
