@@ -36,7 +36,7 @@ class Recorder:
 
 async def test_a_lone_call_is_sent_at_once_and_later_ones_wait_and_share_a_call() -> None:
     recorder = Recorder()
-    coalescer = Coalescer(recorder.run, max_batch=8, max_in_flight=1)
+    coalescer = Coalescer(recorder.run, "test", max_batch=8, max_in_flight=1)
     first = asyncio.create_task(coalescer.submit("k", 1))
     await settle()
     assert recorder.batches == [[1]]  # sent without waiting for company
@@ -51,7 +51,7 @@ async def test_a_lone_call_is_sent_at_once_and_later_ones_wait_and_share_a_call(
 async def test_different_keys_never_share_a_call_and_batches_respect_max_batch() -> None:
     recorder = Recorder()
     recorder.release.set()
-    coalescer = Coalescer(recorder.run, max_batch=2, max_in_flight=1)
+    coalescer = Coalescer(recorder.run, "test", max_batch=2, max_in_flight=1)
     results = await asyncio.gather(
         *(coalescer.submit(key, n) for key, n in [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("a", 5)])
     )
@@ -62,7 +62,7 @@ async def test_different_keys_never_share_a_call_and_batches_respect_max_batch()
 
 async def test_a_failed_batch_fails_each_of_its_calls_and_a_cancelled_caller_drops_out() -> None:
     recorder = Recorder(fail=True)
-    coalescer = Coalescer(recorder.run, max_batch=8, max_in_flight=1)
+    coalescer = Coalescer(recorder.run, "test", max_batch=8, max_in_flight=1)
     first = asyncio.create_task(coalescer.submit("k", 1))
     await settle()
     second, gone = asyncio.create_task(coalescer.submit("k", 2)), asyncio.create_task(coalescer.submit("k", 3))
