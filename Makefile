@@ -69,5 +69,12 @@ lint: setup  ## ruff
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+bench: setup  ## full benchmark suite (ours vs naive, overhead, 10k-1M items, recall, plots) -> benchmarks/results/full.*
+	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
+	$(PY) -m benchmarks.suite full
+
+bench-ci: setup  ## short benchmark, fails on a ratio over benchmarks/budgets.yaml -> benchmarks/results/ci.*
+	$(PY) -m benchmarks.suite ci
+
 clean:  ## remove generated artifacts (keeps .venv)
 	rm -rf artifacts build

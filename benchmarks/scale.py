@@ -1,0 +1,204 @@
+"""Synthetic catalogs of N items in Milvus, to measure how Recommend and Search latency grow with N.
+
+Vectors are synthetic (latency depends on the catalog's size and dimension, not on what the vectors
+mean) but clustered, a gaussian mixture like real embeddings, because HNSW behaves very differently
+on structureless random vectors (shared PLAYBOOK: recall 0.16-0.72 on random vectors vs 0.99 on
+clustered ones). Ids come from `benchmarks.workload.synthetic_ids`, categories from
+`synthetic_category`, so the load generator's `--synthetic-items N` histories and filters hit stored
+items, as they do on the naive server's `--synthetic-items N` tables.
+
+Each catalog lives in its own pair of collections (`bench_news_<label>_d<D>`, `bench_passages_...`)
+next to the demo catalog's, written with the VectorStore façade's bulk `upsert` straight into Milvus
+(no Triton encoding). A catalog that is already complete is kept: `make bench` loads 1M rows once.
+After loading, the collections are settled (`settle`: flushed, compacted, indexed), so searches measure
+the HNSW index, and no background compaction runs beside the measurements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from pymilvus import MilvusClient
+
+from benchmarks.naive_server import SYNTHETIC_EPOCH
+from benchmarks.workload import ItemKind, synthetic_category, synthetic_ids
+from server.config import MilvusSettings
+from server.vector_store import VectorStore
+
+CLUSTERS = 1024
+CLUSTER_SPREAD = 0.35  # within-cluster standard deviation, relative to the unit-variance centres
+VECTOR_BLOCK = 10_000
+LOAD_CHUNK = 20_000  # rows per façade upsert call (each call waits once for its writes to be visible)
+LOAD_TIMEOUT_S = 600.0
+INDEX_TIMEOUT_S = 3600.0
+
+
+def size_label(count: int) -> str:
+    """10_000 -> "10k", 1_000_000 -> "1m", 2_507 -> "2507"."""
+    for unit, label in ((1_000_000, "m"), (1_000, "k")):
+        if count >= unit and count % unit == 0:
+            return f"{count // unit}{label}"
+    return str(count)
+
+
+@dataclass(frozen=True)
+class SyntheticCatalog:
+    """N news and N passages of the served models' dimensions."""
+
+    count: int
+    news_dim: int
+    passage_dim: int
+    seed: int = 0
+
+    @property
+    def label(self) -> str:
+        return size_label(self.count)
+
+    @property
+    def news_collection(self) -> str:
+        return f"bench_news_{self.label}_d{self.news_dim}"
+
+    @property
+    def passage_collection(self) -> str:
+        return f"bench_passages_{self.label}_d{self.passage_dim}"
+
+    def milvus_settings(self, uri: str) -> MilvusSettings:
+        return MilvusSettings(uri=uri, news_collection=self.news_collection, passage_collection=self.passage_collection)
+
+    def gateway_env(self) -> dict[str, str]:
+        """A gateway serving this catalog, with every news vector in its item cache (as production sizes it)."""
+        return {
+            "RECSTACK_MILVUS__NEWS_COLLECTION": self.news_collection,
+            "RECSTACK_MILVUS__PASSAGE_COLLECTION": self.passage_collection,
+            "RECSTACK_RECOMMEND__ITEM_CACHE_CAPACITY": str(self.count),
+        }
+
+    def rows(self, kind: ItemKind, start: int, stop: int) -> list[dict]:
+        """Rows [start, stop) of one collection, every schema field filled (news vectors raw, passages unit)."""
+        dim = self.news_dim if kind == "news" else self.passage_dim
+        vectors = clustered_vectors(start, stop, dim, self.seed + (kind == "passage"), unit=kind == "passage")
+        ids = synthetic_ids(kind, stop)[start:stop]
+        rows = []
+        for offset, (item_id, vector) in enumerate(zip(ids, vectors, strict=True)):
+            row = start + offset
+            common = {"id": item_id, "vector": vector, "category": synthetic_category(row)}
+            common |= {"title": f"synthetic {kind} {row}", "published": SYNTHETIC_EPOCH + row}
+            if kind == "news":
+                rows.append(common | {"subcategory": "synthetic", "popularity": 0.0})
+            else:
+                rows.append(common | {"text": f"synthetic passage text {row}", "doc_id": ""})
+        return rows
+
+
+def clustered_vectors(start: int, stop: int, dim: int, seed: int, unit: bool) -> np.ndarray:
+    """Rows [start, stop) of an endless gaussian mixture (CLUSTERS centres fixed by `seed`), float32.
+
+    Rows are generated in blocks of VECTOR_BLOCK, each from its own seed, so any row range of a catalog
+    is the same whichever chunks it is generated in.
+    """
+    centres = np.random.default_rng(seed).standard_normal((CLUSTERS, dim), dtype=np.float32)
+    first, last = start // VECTOR_BLOCK, (stop - 1) // VECTOR_BLOCK
+    blocks = []
+    for block in range(first, last + 1):
+        rng = np.random.default_rng((seed, block))
+        noise = rng.standard_normal((VECTOR_BLOCK, dim), dtype=np.float32) * CLUSTER_SPREAD
+        blocks.append(centres[rng.integers(CLUSTERS, size=VECTOR_BLOCK)] + noise)
+    offset = first * VECTOR_BLOCK
+    vectors = np.concatenate(blocks)[start - offset : stop - offset]
+    if unit:
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors
+
+
+def chunks(count: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, count, size):
+        yield start, min(count, start + size)
+
+
+def no_progress(rows: int) -> None:
+    """The default progress report of `load_catalog`: none."""
+
+
+async def load_catalog(
+    catalog: SyntheticCatalog, uri: str, on_rows: Callable[[int], None] = no_progress
+) -> dict[str, float]:
+    """Make both collections hold exactly the catalog (kept when already complete), flushed and indexed.
+
+    Returns {"rows_written", "load_s", "index_s" (`settle`: flush, compaction, index build)};
+    `on_rows(n)` reports progress.
+    """
+    started = time.perf_counter()
+    written = 0
+    async with VectorStore(catalog.milvus_settings(uri)) as store:
+        await store.ensure_collections(catalog.news_dim, catalog.passage_dim)
+        for kind, collection in (("news", catalog.news_collection), ("passage", catalog.passage_collection)):
+            if await store.count(collection) == catalog.count:
+                on_rows(catalog.count)
+                continue
+            for start, stop in chunks(catalog.count, LOAD_CHUNK):
+                rows = await asyncio.to_thread(catalog.rows, kind, start, stop)
+                written += await store.upsert(collection, rows, timeout=LOAD_TIMEOUT_S)
+                on_rows(stop - start)
+    loaded = time.perf_counter()
+    await asyncio.to_thread(settle, uri, [catalog.news_collection, catalog.passage_collection])
+    return {
+        "rows_written": written,
+        "load_s": round(loaded - started, 1),
+        "index_s": round(time.perf_counter() - loaded, 1),
+    }
+
+
+def settle(uri: str, collections: Sequence[str], poll_s: float = 1.0) -> None:
+    """Bring collections to the state a long-running catalog is served from: sealed, compacted, indexed.
+
+    Rows written a moment ago sit in growing segments (searched without the HNSW index), and Milvus
+    merges and re-indexes small segments in the background later: measured here, that background work
+    took minutes of CPU after a 100k load and disturbed the measurements beside it, and the demo passages'
+    recall@10 was 0.915 from growing segments vs 0.964 from the sealed HNSW one. So: flush, compact, wait
+    for the compaction, for the index to cover every row and for the query nodes to serve the sealed,
+    indexed segments (TimeoutError after INDEX_TIMEOUT_S). Setup only, through pymilvus's MilvusClient
+    (the gateway's façade has no flush).
+    """
+    client = MilvusClient(uri, timeout=LOAD_TIMEOUT_S, dedicated=True)
+    deadline = time.monotonic() + INDEX_TIMEOUT_S
+    try:
+        for collection in collections:
+            client.flush(collection, timeout=LOAD_TIMEOUT_S)
+            job = client.compact(collection, timeout=LOAD_TIMEOUT_S)
+            poll(partial(compaction_done, client, job), deadline, poll_s, f"compaction of {collection}")
+            poll(partial(index_done, client, collection), deadline, poll_s, f"index build of {collection}")
+            poll(partial(serving_sealed, client, collection), deadline, poll_s, f"loading the index of {collection}")
+    finally:
+        client.close()
+
+
+def compaction_done(client: MilvusClient, job: int) -> bool:
+    return client.get_compaction_state(job, timeout=LOAD_TIMEOUT_S) == "Completed"
+
+
+def index_done(client: MilvusClient, collection: str) -> bool:
+    indexes = client.list_indexes(collection, field_name="vector", timeout=LOAD_TIMEOUT_S)
+    return not any(
+        client.describe_index(collection, index, timeout=LOAD_TIMEOUT_S).get("pending_index_rows", 0)
+        for index in indexes
+    )
+
+
+def serving_sealed(client: MilvusClient, collection: str) -> bool:
+    """The query nodes serve every flushed row from sealed (indexed) segments, none from growing ones."""
+    loaded = client.list_loaded_segments(collection, timeout=LOAD_TIMEOUT_S)
+    flushed = client.list_persistent_segments(collection, timeout=LOAD_TIMEOUT_S)
+    flushed_rows = sum(s.num_rows for s in flushed if s.state_name == "Flushed")
+    return all(s.state_name == "Sealed" for s in loaded) and sum(s.num_rows for s in loaded) == flushed_rows
+
+
+def poll(done: Callable[[], bool], deadline: float, interval_s: float, what: str) -> None:
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"milvus: {what} not finished after {INDEX_TIMEOUT_S:.0f} s")
+        time.sleep(interval_s)
