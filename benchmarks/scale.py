@@ -17,6 +17,7 @@ the HNSW index, and no background compaction runs beside the measurements.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -125,13 +126,18 @@ def no_progress(rows: int) -> None:
 
 
 async def load_catalog(
-    catalog: SyntheticCatalog, uri: str, on_rows: Callable[[int], None] = no_progress
+    catalog: SyntheticCatalog,
+    uri: str,
+    on_rows: Callable[[int], None] = no_progress,
+    cancelled: threading.Event | None = None,
 ) -> dict[str, float]:
     """Make both collections hold exactly the catalog (kept when already complete), flushed and indexed.
 
     Returns {"rows_written", "load_s", "index_s" (`settle`: flush, compaction, index build)};
-    `on_rows(n)` reports progress.
+    `on_rows(n)` reports progress. Cancelling the task (Ctrl-C under asyncio.run) or setting
+    `cancelled` stops the wait for Milvus within a poll interval.
     """
+    cancelled = cancelled or threading.Event()
     started = time.perf_counter()
     written = 0
     async with VectorStore(catalog.milvus_settings(uri)) as store:
@@ -145,7 +151,11 @@ async def load_catalog(
                 written += await store.upsert(collection, rows, timeout=LOAD_TIMEOUT_S)
                 on_rows(stop - start)
     loaded = time.perf_counter()
-    await asyncio.to_thread(settle, uri, [catalog.news_collection, catalog.passage_collection])
+    try:
+        await asyncio.to_thread(settle, uri, [catalog.news_collection, catalog.passage_collection], cancelled=cancelled)
+    except asyncio.CancelledError:
+        cancelled.set()  # the settling thread would otherwise keep asyncio.run waiting for up to an hour
+        raise
     return {
         "rows_written": written,
         "load_s": round(loaded - started, 1),
@@ -153,7 +163,7 @@ async def load_catalog(
     }
 
 
-def settle(uri: str, collections: Sequence[str], poll_s: float = 1.0) -> None:
+def settle(uri: str, collections: Sequence[str], poll_s: float = 1.0, cancelled: threading.Event | None = None) -> None:
     """Bring collections to the state a long-running catalog is served from: sealed, compacted, indexed.
 
     Rows written a moment ago sit in growing segments (searched without the HNSW index), and Milvus
@@ -161,18 +171,19 @@ def settle(uri: str, collections: Sequence[str], poll_s: float = 1.0) -> None:
     took minutes of CPU after a 100k load and disturbed the measurements beside it, and the demo passages'
     recall@10 was 0.915 from growing segments vs 0.964 from the sealed HNSW one. So: flush, compact, wait
     for the compaction, for the index to cover every row and for the query nodes to serve the sealed,
-    indexed segments (TimeoutError after INDEX_TIMEOUT_S). Setup only, through pymilvus's MilvusClient
-    (the gateway's façade has no flush).
+    indexed segments (TimeoutError after INDEX_TIMEOUT_S; InterruptedError once `cancelled` is set:
+    the index build goes on inside Milvus, the next run waits for what is left). Setup only, through
+    pymilvus's MilvusClient (the gateway's façade has no flush).
     """
     client = MilvusClient(uri, timeout=LOAD_TIMEOUT_S, dedicated=True)
-    deadline = time.monotonic() + INDEX_TIMEOUT_S
+    waiting = Waiting(time.monotonic() + INDEX_TIMEOUT_S, poll_s, cancelled or threading.Event())
     try:
         for collection in collections:
             client.flush(collection, timeout=LOAD_TIMEOUT_S)
             job = client.compact(collection, timeout=LOAD_TIMEOUT_S)
-            poll(partial(compaction_done, client, job), deadline, poll_s, f"compaction of {collection}")
-            poll(partial(index_done, client, collection), deadline, poll_s, f"index build of {collection}")
-            poll(partial(serving_sealed, client, collection), deadline, poll_s, f"loading the index of {collection}")
+            waiting.until(partial(compaction_done, client, job), f"compaction of {collection}")
+            waiting.until(partial(index_done, client, collection), f"index build of {collection}")
+            waiting.until(partial(serving_sealed, client, collection), f"loading the index of {collection}")
     finally:
         client.close()
 
@@ -197,8 +208,17 @@ def serving_sealed(client: MilvusClient, collection: str) -> bool:
     return all(s.state_name == "Sealed" for s in loaded) and sum(s.num_rows for s in loaded) == flushed_rows
 
 
-def poll(done: Callable[[], bool], deadline: float, interval_s: float, what: str) -> None:
-    while not done():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"milvus: {what} not finished after {INDEX_TIMEOUT_S:.0f} s")
-        time.sleep(interval_s)
+@dataclass(frozen=True)
+class Waiting:
+    """Polls conditions until one shared deadline, giving up as soon as `cancelled` is set."""
+
+    deadline: float  # time.monotonic()
+    interval_s: float
+    cancelled: threading.Event
+
+    def until(self, done: Callable[[], bool], what: str) -> None:
+        while not done():
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"milvus: {what} not finished after {INDEX_TIMEOUT_S:.0f} s")
+            if self.cancelled.wait(self.interval_s):
+                raise InterruptedError(f"milvus: stopped waiting for the {what}")

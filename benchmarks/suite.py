@@ -33,10 +33,12 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +181,7 @@ class Bench:
     profile: Profile
     console: Console
     collector: Collector = field(default_factory=Collector)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: long waits give up
 
     def side(self, endpoint: Endpoint, factory: RequestFactory, rpc: Rpc, **load: object) -> Side:
         values = {"duration_s": self.profile.window_s, "warmup_s": self.profile.warmup_s, "deadline_ms": DEADLINE_MS}
@@ -312,7 +315,8 @@ def measure_scale(bench: Bench, stack: LocalStack, inputs: Inputs, catalog: Synt
     label = catalog.label
     with progress_bar(bench.console) as progress:
         task = progress.add_task(f"{label}: loading milvus", total=2 * catalog.count)
-        load = asyncio.run(load_catalog(catalog, stack.milvus.uri, lambda rows: progress.advance(task, rows)))
+        advance = partial(progress.advance, task)
+        load = asyncio.run(load_catalog(catalog, stack.milvus.uri, advance, bench.cancelled))
     bench.console.log(f"{label}: catalog ready {load}")
     port = free_port(HOST)
     config = NaiveServerConfig(
@@ -324,7 +328,8 @@ def measure_scale(bench: Bench, stack: LocalStack, inputs: Inputs, catalog: Synt
         running.callback(naive.stop)
         env = {**GATEWAY_ENV, **catalog.gateway_env()}
         with bench.collector.timed(f"{label}_servers"):
-            start_together(lambda: warm.update(restart_gateway(stack, env)), naive.start)
+            gateway = partial(restart_gateway, stack, env, bench.cancelled)
+            start_together(lambda: warm.update(gateway()), naive.start, cancelled=bench.cancelled)
         bench.console.log(f"{label}: gateway cache warm ({warm.get('event')}: {warm.get('vectors')} vectors)")
         with bench.collector.timed(f"{label}_recall"):
             recall = asyncio.run(synthetic_recall(catalog, stack.milvus.uri))
@@ -361,18 +366,24 @@ async def synthetic_recall(catalog: SyntheticCatalog, uri: str) -> dict[str, dic
     return results
 
 
-def restart_gateway(stack: LocalStack, env: dict[str, str]) -> dict:
+def restart_gateway(stack: LocalStack, env: dict[str, str], cancelled: threading.Event) -> dict:
     """Restart the stack's gateway with `env`; returns its cache warm-up log record once it is done."""
     stack.gateway.stop()
     stack.config = replace(stack.config, gateway_env=env)
     log = stack.config.logs / "gateway.log"
     offset = log.stat().st_size if log.exists() else 0
     stack.start_gateway()
-    return wait_for_cache_warm(log, offset)
+    return wait_for_cache_warm(log, offset, cancelled=cancelled)
 
 
-def wait_for_cache_warm(log: Path, offset: int, timeout_s: float = CACHE_WARM_TIMEOUT_S) -> dict:
-    """The gateway's `cache_warm` (or `cache_warmup_failed`) JSON log record written after byte `offset`."""
+def wait_for_cache_warm(
+    log: Path, offset: int, timeout_s: float = CACHE_WARM_TIMEOUT_S, cancelled: threading.Event | None = None
+) -> dict:
+    """The gateway's `cache_warm` (or `cache_warmup_failed`) JSON log record written after byte `offset`.
+
+    TimeoutError after `timeout_s`; InterruptedError once `cancelled` is set.
+    """
+    cancelled = cancelled or threading.Event()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with open(log, "rb") as handle:
@@ -382,22 +393,30 @@ def wait_for_cache_warm(log: Path, offset: int, timeout_s: float = CACHE_WARM_TI
                     record = json.loads(line)
                     if isinstance(record, dict) and record.get("event") in ("cache_warm", "cache_warmup_failed"):
                         return record
-        time.sleep(0.5)
+        if cancelled.wait(0.5):
+            raise InterruptedError(f"stopped waiting for the gateway's cache warm-up (log {log})")
     raise TimeoutError(f"the gateway did not finish its cache warm-up within {timeout_s:.0f} s (log {log})")
 
 
 # ---------------------------------------------------------------------------------------- the run
 
 
-def start_together(*starts: Callable[[], object]) -> None:
+def start_together(*starts: Callable[[], object], cancelled: threading.Event | None = None) -> None:
     """Run blocking start functions in parallel threads and raise the first failure once all have ended.
 
-    Interrupted (Ctrl-C), it still waits for the starts to end, so the caller can stop everything started.
+    Interrupted (Ctrl-C), it sets `cancelled`, so that starts waiting on it give up, and still waits for
+    the starts to end, so the caller can stop everything started.
     """
     pool = ThreadPoolExecutor(len(starts))
     try:
         futures = [pool.submit(start) for start in starts]
-        wait(futures)
+        pending = set(futures)
+        while pending:  # timed waits: an untimed one may never see a Ctrl-C delivered to another thread
+            _, pending = wait(pending, timeout=0.5)
+    except BaseException:
+        if cancelled is not None:
+            cancelled.set()
+        raise
     finally:
         pool.shutdown(wait=True)
     for future in futures:
@@ -432,14 +451,14 @@ def run_suite(profile: Profile, inputs: Inputs, state_dir: Path, console: Consol
             index_catalog(stack.gateway_address, inputs.data_dir)
         with collector.timed("settle_catalog"):
             served = MilvusSettings()
-            settle(stack.milvus.uri, [served.news_collection, served.passage_collection])
+            settle(stack.milvus.uri, [served.news_collection, served.passage_collection], cancelled=bench.cancelled)
 
     with contextlib.ExitStack() as running:
         running.callback(stack.stop)
         running.callback(naive.stop)
         console.log("starting Milvus, Triton, the LLM server and the gateway; the naive server meanwhile")
         with collector.timed("processes"):
-            start_together(stack_with_catalog, naive.start)
+            start_together(stack_with_catalog, naive.start, cancelled=bench.cancelled)
         console.log(f"up in {collector.setup_s['processes']} s: {collector.setup_s}")
         news_dim, passage_dim = asyncio.run(measure_demo(bench, stack, f"{HOST}:{naive_port}", inputs))
         naive.stop()
@@ -538,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as error:
         console.print(f"[red]benchmark suite failed:[/red] {error}")
         return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted:[/yellow] every process the suite started is stopped; no results written")
+        return 130
     meta = run_meta(profile, inputs, started) | {"wall_s": round(time.perf_counter() - clock, 1)}
     suite = build_suite(profile, collector, meta, args.budgets)
     written = write_results(suite, args.out, args.name or profile.name)

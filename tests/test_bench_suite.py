@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import json
 import threading
@@ -31,7 +32,7 @@ from benchmarks.report import (
     overhead_ms,
     scenario_name,
 )
-from benchmarks.scale import SyntheticCatalog, clustered_vectors, size_label
+from benchmarks.scale import SyntheticCatalog, Waiting, clustered_vectors, size_label
 from benchmarks.suite import PROFILES, Collector, build_suite, parse_sizes, start_together, wait_for_cache_warm
 from benchmarks.workload import synthetic_ids
 from recstack.v1 import gateway_pb2 as pb
@@ -338,6 +339,36 @@ def test_start_together_runs_every_start_and_raises_the_first_failure() -> None:
     with pytest.raises(RuntimeError, match="no port"):
         start_together(good, bad)
     assert sorted(finished) == ["bad", "good"]
+
+
+@pytest.mark.timeout(30)
+def test_waiting_on_milvus_gives_up_once_cancelled_without_sleeping_out_its_interval() -> None:
+    cancelled = threading.Event()
+    waiting = Waiting(time.monotonic() + 3600, interval_s=600, cancelled=cancelled)
+    threading.Timer(0.1, cancelled.set).start()
+    with pytest.raises(InterruptedError, match="index build of news"):
+        waiting.until(lambda: False, "index build of news")
+    with pytest.raises(TimeoutError, match="compaction"):
+        Waiting(time.monotonic() - 1, interval_s=0.01, cancelled=threading.Event()).until(lambda: False, "compaction")
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_during_startup_cancels_the_long_waits_and_is_raised(tmp_path: Path) -> None:
+    cancelled = threading.Event()
+    gave_up = []
+
+    def wait_for_the_gateway() -> None:
+        try:
+            wait_for_cache_warm(tmp_path / "gateway.log", 0, timeout_s=600, cancelled=cancelled)
+        except InterruptedError as error:
+            gave_up.append(str(error))
+
+    (tmp_path / "gateway.log").write_text("")
+    threading.Timer(0.2, _thread.interrupt_main).start()  # what Ctrl-C does to the main thread
+    with pytest.raises(KeyboardInterrupt):
+        start_together(wait_for_the_gateway, cancelled=cancelled)
+    assert cancelled.is_set()
+    assert gave_up and "cache warm-up" in gave_up[0]
 
 
 # ------------------------------------------------------------------------------------- rendering
