@@ -5,8 +5,10 @@ from __future__ import annotations
 import _thread
 import asyncio
 import json
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -352,7 +354,16 @@ def test_waiting_on_milvus_gives_up_once_cancelled_without_sleeping_out_its_inte
         Waiting(time.monotonic() - 1, interval_s=0.01, cancelled=threading.Event()).until(lambda: False, "compaction")
 
 
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own SIGINT handler, also where the test runner was started with SIGINT ignored (CI)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_during_startup_cancels_the_long_waits_and_is_raised(tmp_path: Path) -> None:
     cancelled = threading.Event()
     gave_up = []
