@@ -434,6 +434,7 @@ def run_suite(profile: Profile, inputs: Inputs, state_dir: Path, console: Consol
             gateway_port=0,
             metrics_port=0,
             gateway_env=GATEWAY_ENV,
+            milvus_auto_compaction=False,  # settle() compacts once; nothing merges beside the measurements
         )
     )
     naive_port = free_port(HOST)

@@ -1,4 +1,4 @@
-"""MilvusServer without starting Milvus: a taken port is refused up front with a clear error."""
+"""MilvusServer without starting Milvus: a taken port is refused up front; settings reach milvus.yaml."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import socket
 from pathlib import Path
 
 import pytest
+import yaml
 
-from server.stack.milvus import MilvusServer
+from server.stack.milvus import COMPONENT_PORTS, ETCD_PEER_PORT, METRICS_PORT, MilvusServer
 from server.stack.process import StartupError
 
 
@@ -21,3 +22,14 @@ def test_a_port_already_in_use_is_refused_before_anything_starts(tmp_path: Path)
             server.start()
     assert not server.running()
     assert not (tmp_path / "data" / "bin").exists()
+
+
+@pytest.mark.parametrize("auto_compaction", [True, False])
+def test_auto_compaction_setting_reaches_milvus_yaml(tmp_path: Path, auto_compaction: bool) -> None:
+    server = MilvusServer(tmp_path / "data", port=19999, auto_compaction=auto_compaction)
+    server._ports = dict.fromkeys((*COMPONENT_PORTS, ETCD_PEER_PORT, METRICS_PORT), 20000)
+    server._prepare()  # writes the config only; nothing starts
+
+    config = yaml.safe_load((tmp_path / "data" / "configs" / "milvus.yaml").read_text())
+    assert config["dataCoord"]["compaction"]["enableAutoCompaction"] is auto_compaction
+    assert config["dataCoord"]["enableCompaction"] is True  # settle()'s manual compaction still runs

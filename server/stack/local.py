@@ -37,6 +37,7 @@ class StackConfig:
     gateway_port: int = 50051  # 0: any free port
     metrics_port: int = 9464  # 0: any free port
     llm: bool = True
+    milvus_auto_compaction: bool = True  # benchmarks turn it off (MilvusServer.auto_compaction)
     gateway_env: dict[str, str] = field(default_factory=dict)  # extra RECSTACK_* settings
 
     @property
@@ -68,7 +69,7 @@ class LocalStack:
         """Start every part and wait until the gateway reports SERVING; on failure stop what started."""
         cfg = self.config
         try:
-            self.milvus = MilvusServer(cfg.state_dir / "milvus").start()
+            self.milvus = MilvusServer(cfg.state_dir / "milvus", auto_compaction=cfg.milvus_auto_compaction).start()
             self.triton = TritonServer(cfg.triton_repo, MODELS, cfg.logs / "triton.log").start()
             if cfg.llm:
                 self.llm = LocalLLMServer(cfg.logs / "llm.log").start()

@@ -90,12 +90,16 @@ class MilvusServer:
     `time_tick_ms` sets `proxy.timeTickInterval` (None keeps Milvus's 200 ms): Strong reads, and
     Session reads right after a write, wait for the next tick, so a shorter tick makes them faster at
     the cost of idle CPU (10 ms: ~14% of a core, shared PLAYBOOK).
+    `auto_compaction` False turns off Milvus's background compaction (`dataCoord.compaction.
+    enableAutoCompaction`); manual `compact` calls still work. Benchmarks turn it off: after a restart,
+    Milvus 2.3.5 kept merging and re-indexing a 1M-row catalog's segments for 15-30 min of both cores.
     """
 
     data_dir: Path
     port: int = 0
     time_tick_ms: int | None = None
     session_ttl_s: int = 10
+    auto_compaction: bool = True
     startup_timeout_s: float = 120.0
     stop_grace_s: float = 15.0
     _process: ManagedProcess | None = field(default=None, init=False, repr=False)
@@ -159,6 +163,7 @@ class MilvusServer:
         for role in ROLES:
             config.set(f"{role}.ip", HOST)
         config.set("common.session.ttl", self.session_ttl_s)
+        config.set("dataCoord.compaction.enableAutoCompaction", "true" if self.auto_compaction else "false")
         if self.time_tick_ms is not None:
             config.set("proxy.timeTickInterval", self.time_tick_ms)
         config.write_config()
