@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import render
+from benchmarks import render, scale
 from benchmarks.alternation import Side, alternate, window_order
 from benchmarks.components import DIRECT_CALLS, CatalogVectors
 from benchmarks.inputs import Inputs
@@ -352,6 +352,48 @@ def test_waiting_on_milvus_gives_up_once_cancelled_without_sleeping_out_its_inte
         waiting.until(lambda: False, "index build of news")
     with pytest.raises(TimeoutError, match="compaction"):
         Waiting(time.monotonic() - 1, interval_s=0.01, cancelled=threading.Event()).until(lambda: False, "compaction")
+
+
+class IndexingMilvus:
+    """MilvusClient's settle() calls: "mine" settles at once, "other" still has index builds queued."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        self.pending = {"mine": 0, "other": 3}  # "other" finishes after three more polls
+
+    def flush(self, collection: str, timeout: float) -> None:
+        pass
+
+    def compact(self, collection: str, timeout: float) -> int:
+        return 1
+
+    def get_compaction_state(self, job: int, timeout: float) -> str:
+        return "Completed"
+
+    def list_collections(self, timeout: float) -> list[str]:
+        return list(self.pending)
+
+    def list_indexes(self, collection: str, field_name: str, timeout: float) -> list[str]:
+        return ["vector"]
+
+    def describe_index(self, collection: str, index: str, timeout: float) -> dict:
+        rows = self.pending[collection]
+        self.pending[collection] = max(0, rows - 1)
+        return {"pending_index_rows": rows}
+
+    def list_loaded_segments(self, collection: str, timeout: float) -> list:
+        return []
+
+    def list_persistent_segments(self, collection: str, timeout: float) -> list:
+        return []
+
+    def close(self) -> None:
+        IndexingMilvus.closed_with = dict(self.pending)
+
+
+def test_settle_waits_for_index_builds_queued_on_other_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scale, "MilvusClient", IndexingMilvus)
+    scale.settle("http://milvus", ["mine"], poll_s=0.001)
+    assert IndexingMilvus.closed_with == {"mine": 0, "other": 0}
 
 
 @pytest.fixture
