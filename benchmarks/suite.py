@@ -77,7 +77,7 @@ from benchmarks.report import (
     overhead_ms,
     scenario_name,
 )
-from benchmarks.scale import SyntheticCatalog, clustered_vectors, load_catalog, settle
+from benchmarks.scale import SyntheticCatalog, clustered_vectors, load_catalog, release, settle
 from benchmarks.stats import ScenarioResult
 from benchmarks.workload import DemoRequests, RequestFactory, RequestOptions, Rpc, SyntheticRequests, synthetic_ids
 from export.catalog import index_catalog
@@ -325,6 +325,8 @@ def measure_scale(bench: Bench, stack: LocalStack, inputs: Inputs, catalog: Synt
     naive = naive_server_process(config, stack.config.logs / f"naive-{label}.log")
     warm: dict = {}
     with contextlib.ExitStack() as running:
+        collections = [catalog.news_collection, catalog.passage_collection]
+        running.callback(release_quietly, bench, stack.milvus.uri, collections)  # measured: free the memory
         running.callback(naive.stop)
         env = {**GATEWAY_ENV, **catalog.gateway_env()}
         with bench.collector.timed(f"{label}_servers"):
@@ -335,6 +337,14 @@ def measure_scale(bench: Bench, stack: LocalStack, inputs: Inputs, catalog: Synt
             recall = asyncio.run(synthetic_recall(catalog, stack.milvus.uri))
         bench.collector.scale[label] = {"items": catalog.count, "load": load, "cache_warm": warm, "recall": recall}
         asyncio.run(compare_synthetic(bench, catalog, stack.gateway_address, f"{HOST}:{port}"))
+
+
+def release_quietly(bench: Bench, uri: str, collections: list[str]) -> None:
+    """`release`, logging a failure instead of hiding the error that may be unwinding the run."""
+    try:
+        release(uri, collections)
+    except Exception as error:  # pymilvus raises MilvusException or grpc errors
+        bench.console.log(f"could not release {collections}: {error}")
 
 
 async def compare_synthetic(bench: Bench, catalog: SyntheticCatalog, ours_target: str, naive_target: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import io
 import json
 import signal
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from benchmarks import render, scale
 from benchmarks.alternation import Side, alternate, window_order
@@ -35,7 +37,16 @@ from benchmarks.report import (
     scenario_name,
 )
 from benchmarks.scale import SyntheticCatalog, Waiting, clustered_vectors, size_label
-from benchmarks.suite import PROFILES, Collector, build_suite, parse_sizes, start_together, wait_for_cache_warm
+from benchmarks.suite import (
+    PROFILES,
+    Bench,
+    Collector,
+    build_suite,
+    parse_sizes,
+    release_quietly,
+    start_together,
+    wait_for_cache_warm,
+)
 from benchmarks.workload import synthetic_ids
 from recstack.v1 import gateway_pb2 as pb
 from server.config import MilvusSettings
@@ -386,6 +397,11 @@ class IndexingMilvus:
     def list_persistent_segments(self, collection: str, timeout: float) -> list:
         return []
 
+    def release_collection(self, collection: str, timeout: float) -> None:
+        if collection not in self.pending:
+            raise LookupError(f"collection not found: {collection}")
+        IndexingMilvus.released.append(collection)
+
     def close(self) -> None:
         IndexingMilvus.closed_with = dict(self.pending)
 
@@ -394,6 +410,16 @@ def test_settle_waits_for_index_builds_queued_on_other_collections(monkeypatch: 
     monkeypatch.setattr(scale, "MilvusClient", IndexingMilvus)
     scale.settle("http://milvus", ["mine"], poll_s=0.001)
     assert IndexingMilvus.closed_with == {"mine": 0, "other": 0}
+
+
+def test_measured_collections_are_released_and_a_failure_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scale, "MilvusClient", IndexingMilvus)
+    monkeypatch.setattr(IndexingMilvus, "released", [], raising=False)
+    bench = Bench(PROFILES["ci"], Console(record=True, width=200, file=io.StringIO()))
+    release_quietly(bench, "http://milvus", ["mine", "other"])
+    assert IndexingMilvus.released == ["mine", "other"]
+    release_quietly(bench, "http://milvus", ["gone"])
+    assert "could not release ['gone']: collection not found: gone" in bench.console.export_text()
 
 
 @pytest.fixture
