@@ -10,10 +10,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 from rich.console import Console
 
 from benchmarks import render, scale
@@ -408,8 +411,39 @@ class IndexingMilvus:
 
 def test_settle_waits_for_index_builds_queued_on_other_collections(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scale, "MilvusClient", IndexingMilvus)
-    scale.settle("http://milvus", ["mine"], poll_s=0.001)
+    scale.settle("http://milvus", ["mine"], poll_s=0.001, compact=False)
     assert IndexingMilvus.closed_with == {"mine": 0, "other": 0}
+
+
+class CompactionService(milvus_pb2_grpc.MilvusServiceServicer):
+    """Milvus's ManualCompaction, recording each request."""
+
+    def __init__(self) -> None:
+        self.requests: list[milvus_pb2.ManualCompactionRequest] = []
+
+    def ManualCompaction(self, request, context):
+        self.requests.append(request)
+        return milvus_pb2.ManualCompactionResponse(compactionID=7)
+
+
+def test_a_bench_compaction_names_the_collection_by_its_id() -> None:
+    """Milvus 2.3.5 reads only collectionID; pymilvus 2.5's compact() left it 0, which compacts everything."""
+    service = CompactionService()
+    server = grpc.server(ThreadPoolExecutor(1))
+    milvus_pb2_grpc.add_MilvusServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+
+        class Described:
+            def describe_collection(self, collection: str, timeout: float) -> dict:
+                return {"collection_id": 4242, "collection_name": collection}
+
+        job = scale.compact_collection(Described(), f"http://127.0.0.1:{port}", "bench_news_1m_d128")
+    finally:
+        server.stop(None)
+    assert job == 7
+    assert [(r.collectionID, r.collection_name) for r in service.requests] == [(4242, "bench_news_1m_d128")]
 
 
 def test_measured_collections_are_released_and_a_failure_is_logged_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,8 +91,8 @@ class MilvusServer:
     Session reads right after a write, wait for the next tick, so a shorter tick makes them faster at
     the cost of idle CPU (10 ms: ~14% of a core, shared PLAYBOOK).
     `auto_compaction` False turns off Milvus's background compaction (`dataCoord.compaction.
-    enableAutoCompaction`); manual `compact` calls still work. Benchmarks turn it off: after a restart,
-    Milvus 2.3.5 kept merging and re-indexing a 1M-row catalog's segments for 15-30 min of both cores.
+    enableAutoCompaction`); manual compactions still run. Benchmarks turn it off, so that no merge and
+    re-index (minutes of both cores for a 1M-row catalog) starts beside their measurements.
     """
 
     data_dir: Path
