@@ -5,13 +5,15 @@
 # Settings come from configs/production.yaml and RECSTACK_* environment variables (see README).
 FROM python:3.11-slim AS build
 WORKDIR /src
-# Serving-only dependencies: server/ never imports training/, so torch and friends stay out.
+# Serving-only dependencies: server/ imports only itself, contract/ and the generated proto code (never
+# training/, export/ or devstack/), so torch, the local stand-ins and the dev stack stay out.
 RUN pip install --no-cache-dir "grpcio>=1.62" "grpcio-tools>=1.62" "grpcio-health-checking>=1.62" \
       "grpcio-reflection>=1.62" "protobuf>=5" "tritonclient[grpc]>=2.40" "pymilvus>=2.5" "httpx>=0.27" \
       "prometheus-client>=0.20" "uvloop>=0.19" "cachetools>=5" "structlog>=24" "numpy>=1.26" \
       "tokenizers>=0.19" "pydantic>=2.6" "pydantic-settings>=2.2" "pyyaml>=6" "rich>=13"
 COPY pyproject.toml README.md ./
 COPY proto ./proto
+COPY contract ./contract
 COPY server ./server
 RUN python -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grpc_python_out=proto \
       proto/recstack/v1/gateway.proto \

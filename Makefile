@@ -43,11 +43,11 @@ export: setup  ## ONNX export + parity checks, Triton repositories (cpu, gpu), t
 
 up: setup  ## start Milvus, Triton, the LLM server and the gateway on loopback, index the demo catalog
 	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
-	$(PY) -m server.stack up
+	$(PY) -m devstack up
 	$(PY) -m export catalog --target $(GATEWAY)
 
 down:  ## stop everything `make up` started
-	@test -x $(PY) && $(PY) -m server.stack down || true
+	@test -x $(PY) && $(PY) -m devstack down || true
 
 demo: setup  ## the whole product on embedded defaults: data, training, export, serving, queries, answers
 	$(MAKE) --no-print-directory train

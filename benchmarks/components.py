@@ -34,8 +34,8 @@ from tritonclient.utils import np_to_triton_dtype
 from benchmarks.loadgen import OK, Reply
 from benchmarks.workload import DemoRequests, Rpc
 from recstack.v1 import gateway_pb2 as pb
-from server import contract
-from server.tokenizer import TextTokenizer
+import contract
+from contract.tokenizer import TextTokenizer
 from server.vector_store import Hit, VectorStore
 
 # What Recommend and Search return per item (RecommendResponse / SearchResponse fields), so the direct

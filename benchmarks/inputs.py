@@ -20,17 +20,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server import contract
+import contract
+from contract import layout
 
-ARTIFACTS = Path("artifacts")
-BENCH_CI = ARTIFACTS / "bench-ci"
 # One epoch, small dev evaluations: ~3.5 min on this 2-core machine (measured), the demo's shapes.
 BENCH_CI_TRAINING = (
     *("--nrms", "train.epochs=1", "--nrms", "train.max_dev=200"),
     *("--two-tower", "train.epochs=1", "--two-tower", "train.max_dev=50"),
 )
-SERVED_MODELS = (contract.NEWS_ENCODER, contract.USER_ENCODER, contract.QUERY_ENCODER, contract.DOC_ENCODER)
-TOKENIZER_FILES = ("title.json", "query.json", "passage.json")
 
 
 @dataclass(frozen=True)
@@ -42,26 +39,27 @@ class Inputs:
     data_dir: Path
 
     @classmethod
-    def at(cls, origin: str, checkpoints: Path, serving: Path, data_dir: Path = ARTIFACTS / "data") -> Inputs:
-        return cls(origin, checkpoints / "nrms.pt", checkpoints / "two_tower.pt", serving, data_dir)
+    def at(cls, origin: str, checkpoints: Path, serving: Path, data_dir: Path = layout.DATA) -> Inputs:
+        nrms, two_tower = (layout.checkpoint_file(run, checkpoints) for run in (layout.NRMS_RUN, layout.TWO_TOWER_RUN))
+        return cls(origin, nrms, two_tower, Path(serving), data_dir)
 
     @property
     def triton_repo(self) -> Path:
-        return self.serving / "triton-cpu"
+        return layout.ServingLayout(self.serving).repository("cpu")
 
     @property
     def tokenizers(self) -> Path:
-        return self.serving / "tokenizers"
+        return layout.ServingLayout(self.serving).tokenizers
 
     def missing(self) -> list[Path]:
         """Files the suite needs that do not exist (empty when complete)."""
         needed = [
             self.nrms,
             self.two_tower,
-            *(self.triton_repo / model / "config.pbtxt" for model in SERVED_MODELS),
-            *(self.tokenizers / name for name in TOKENIZER_FILES),
-            self.data_dir / "mind" / "dev" / "behaviors.tsv",
-            self.data_dir / "msmarco" / "queries.dev.tsv",
+            *(self.triton_repo / model / "config.pbtxt" for model in contract.MODEL_NAMES),
+            *(layout.tokenizer_file(self.tokenizers, field) for field in contract.TEXT_FIELDS),
+            self.data_dir / layout.MIND_DATA.relative_to(layout.DATA) / "dev" / "behaviors.tsv",
+            self.data_dir / layout.MSMARCO_DATA.relative_to(layout.DATA) / "queries.dev.tsv",
         ]
         return [path for path in needed if not path.exists()]
 
@@ -69,8 +67,8 @@ class Inputs:
         return {key: str(value) for key, value in asdict(self).items()}
 
 
-DEMO = Inputs.at("demo", ARTIFACTS / "checkpoints", ARTIFACTS / "serving")
-CI_BUILT = Inputs.at("bench-ci", BENCH_CI / "checkpoints", BENCH_CI / "serving")
+DEMO = Inputs.at("demo", layout.CHECKPOINTS, layout.SERVING.root)
+CI_BUILT = Inputs.at("bench-ci", layout.BENCH_CI / "checkpoints", layout.BENCH_CI / "serving")
 
 
 def resolve_inputs(build_if_missing: bool, console: Console) -> Inputs:
@@ -81,14 +79,14 @@ def resolve_inputs(build_if_missing: bool, console: Console) -> Inputs:
         missing = ", ".join(map(str, DEMO.missing()))
         raise FileNotFoundError(f"demo models missing ({missing}): run `make export` (it trains first if needed)")
     if CI_BUILT.missing():
-        console.log(f"demo models not found: training one-epoch models of the same shapes under {BENCH_CI}")
+        console.log(f"demo models not found: training one-epoch models of the same shapes under {layout.BENCH_CI}")
         build_ci_inputs(CI_BUILT)
     return CI_BUILT
 
 
 def build_ci_inputs(inputs: Inputs) -> None:
     """Train (the data is built first when missing) and export, through the project's own command lines."""
-    checkpoints, reports = inputs.nrms.parent, BENCH_CI / "reports"
+    checkpoints, reports = inputs.nrms.parent, layout.BENCH_CI / "reports"
     train = [sys.executable, "-m", "training", "train", "--checkpoints", str(checkpoints), "--reports", str(reports)]
     subprocess.run([*train, *BENCH_CI_TRAINING], check=True)
     export = [

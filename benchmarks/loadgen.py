@@ -54,6 +54,7 @@ from benchmarks.workload import (
 )
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
+from contract import layout
 
 MAX_DURATION_S = 3600.0
 MAX_WARMUP_S = 600.0
@@ -88,7 +89,7 @@ class LoadConfig(BaseModel):
     answer_k: int = Field(0, ge=0, le=1000, description="passages per answer; 0 = the server's default")
     max_tokens: int = Field(0, ge=0, le=100_000, description="answer length; 0 = the server's default")
     upsert_batch: int = Field(10, ge=1, le=10_000)
-    data_dir: Path = Field(Path("artifacts/data"), description="demo data folder (unused by a synthetic workload)")
+    data_dir: Path = Field(layout.DATA, description="demo data folder (unused by a synthetic workload)")
     synthetic_items: int = Field(0, ge=0, le=100_000_000, description="> 0: synthetic workload over this many ids")
 
     @model_validator(mode="after")

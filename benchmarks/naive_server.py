@@ -50,10 +50,11 @@ from server.pipeline.common import Item
 from server.requests import Filters, HistoryEntry, NewsRecord, PassageRecord, RequestValidator
 from server.rpc import unary
 from server.service import news_result, passage_results
-from server.stack.process import ManagedProcess, port_open
-from server.tokenizer import TextTokenizer
+from devstack.process import ManagedProcess, port_open
+from contract.tokenizer import TextTokenizer
 from training.checkpoint import Checkpoint
 from training.text import text_tokenizer
+from contract import layout
 
 ENCODE_BATCH = 256
 INITIAL_CAPACITY = 1024
@@ -376,7 +377,7 @@ class NaiveServerConfig:
 
     nrms: Path
     two_tower: Path
-    data_dir: Path = Path("artifacts/data")
+    data_dir: Path = layout.DATA
     synthetic_items: int = 0
     seed: int = 0
     host: str = "127.0.0.1"
@@ -445,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.naive_server", description=__doc__.split("\n")[0])
     parser.add_argument("--nrms", type=Path, required=True, help="NRMS checkpoint (training output)")
     parser.add_argument("--two-tower", type=Path, required=True, help="two-tower checkpoint (training output)")
-    parser.add_argument("--data", type=Path, default=Path("artifacts/data"), help="demo data (default %(default)s)")
+    parser.add_argument("--data", type=Path, default=layout.DATA, help="demo data (default %(default)s)")
     parser.add_argument("--synthetic-items", type=int, default=0, help="N random news and N random passages")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic vectors")
     parser.add_argument("--host", default="127.0.0.1")

@@ -78,12 +78,13 @@ from benchmarks.report import (
     scenario_name,
 )
 from benchmarks.scale import SyntheticCatalog, clustered_vectors, load_catalog, release, settle
+from contract import layout
 from benchmarks.stats import ScenarioResult
 from benchmarks.workload import DemoRequests, RequestFactory, RequestOptions, Rpc, SyntheticRequests, synthetic_ids
 from export.catalog import index_catalog
 from server.config import MilvusSettings, RecommendSettings
-from server.stack.local import HOST, LocalStack, StackConfig
-from server.stack.process import StartupError, free_port
+from devstack.local import HOST, LocalStack, StackConfig
+from devstack.process import StartupError, free_port
 from server.vector_store import VectorStore
 
 K = 10
@@ -96,7 +97,7 @@ SYNTHETIC_RECALL_QUERIES = 200
 CACHE_WARM_TIMEOUT_S = 900.0
 RESULTS = Path("benchmarks/results")
 BUDGETS = Path("benchmarks/budgets.yaml")
-STATE = Path("artifacts/bench")
+STATE = layout.BENCH
 # Every answer goes through the LLM: otherwise a low best-passage score answers "not in the sources"
 # without it, and time to first token would measure that shortcut.
 GATEWAY_ENV = {"RECSTACK_RAG__MIN_SCORE": "-1"}

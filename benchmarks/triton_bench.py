@@ -30,8 +30,8 @@ from rich.table import Table
 from tritonclient.grpc import InferInput
 
 from benchmarks.stats import Histogram
-from server import contract
-from server.stack.triton import TritonServer
+import contract
+from devstack.triton import TritonServer
 
 TOKENS = {contract.NEWS_ENCODER: 16, contract.QUERY_ENCODER: 10, contract.DOC_ENCODER: 128}
 HISTORY = 20

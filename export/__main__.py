@@ -9,31 +9,32 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-CHECKPOINTS = Path("artifacts/checkpoints")
+from contract import layout
+
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     models = commands.add_parser("models", help="checkpoints -> ONNX (parity-checked) -> Triton repositories")
-    models.add_argument("--nrms", type=Path, default=CHECKPOINTS / "nrms.pt")
-    models.add_argument("--two-tower", type=Path, default=CHECKPOINTS / "two_tower.pt")
-    models.add_argument("--out", type=Path, default=Path("artifacts/serving"), help="serving root (%(default)s)")
-    models.add_argument("--report", type=Path, default=Path("artifacts/reports/export.json"))
+    models.add_argument("--nrms", type=Path, default=layout.checkpoint_file(layout.NRMS_RUN))
+    models.add_argument("--two-tower", type=Path, default=layout.checkpoint_file(layout.TWO_TOWER_RUN))
+    models.add_argument("--out", type=Path, default=layout.SERVING.root, help="serving root (%(default)s)")
+    models.add_argument("--report", type=Path, default=layout.EXPORT_REPORT)
     catalog = commands.add_parser("catalog", help="upsert the demo news and passages through a running gateway")
     catalog.add_argument("--target", default="127.0.0.1:50051", help="gateway address (%(default)s)")
-    catalog.add_argument("--data", type=Path, default=Path("artifacts/data"), help="data root (%(default)s)")
+    catalog.add_argument("--data", type=Path, default=layout.DATA, help="data root (%(default)s)")
     catalog.add_argument("--batch", type=int, default=256, help="items per UpsertItems call (%(default)s)")
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "models":
-        from export.models import ServingLayout, export_all
+        from export.models import export_all
 
         for checkpoint in (args.nrms, args.two_tower):
             if not checkpoint.exists():
                 console.print(f"[red]{checkpoint} not found: run `make train` first")
                 return 1
-        report = export_all(args.nrms, args.two_tower, ServingLayout(args.out), args.report)
+        report = export_all(args.nrms, args.two_tower, layout.ServingLayout(args.out), args.report)
         console.print(export_table(report))
         console.log(f"wrote {args.report}")
     else:

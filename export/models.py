@@ -27,30 +27,15 @@ from export.onnx_export import (
     text_parity_inputs,
 )
 from export.triton_repo import Profile, TritonOptions, next_version, write_repository
-from server import contract
+import contract
+from contract import layout
+from contract.layout import ServingLayout, tokenizer_file
 from training.checkpoint import Checkpoint
 from training.data.mind import load_news
 from training.data.msmarco import load_collection, load_queries
 from training.text import TokenizerRef, text_tokenizer, write_tokenizer_file
 
-ARTIFACTS = Path("artifacts")
 PARITY_TEXTS = 16
-
-
-@dataclass(frozen=True)
-class ServingLayout:
-    root: Path = ARTIFACTS / "serving"
-
-    @property
-    def onnx(self) -> Path:
-        return self.root / "onnx"
-
-    @property
-    def tokenizers(self) -> Path:
-        return self.root / "tokenizers"
-
-    def repository(self, profile: Profile) -> Path:
-        return self.root / f"triton-{profile}"
 
 
 def export_targets(nrms: Checkpoint, two_tower: Checkpoint) -> list[ExportTarget]:
@@ -73,7 +58,7 @@ def export_targets(nrms: Checkpoint, two_tower: Checkpoint) -> list[ExportTarget
     news_dim, tower_dim = nrms.run.model.news_dim, two_tower.run.model.word_dim
     return [
         ExportTarget(
-            contract.text_model(contract.NEWS_ENCODER, "title", news_dim), news_model.news_encoder, title_inputs
+            contract.text_model(contract.NEWS_ENCODER, news_dim), news_model.news_encoder, title_inputs
         ),
         ExportTarget(
             contract.user_model(contract.USER_ENCODER, news_dim),
@@ -81,12 +66,12 @@ def export_targets(nrms: Checkpoint, two_tower: Checkpoint) -> list[ExportTarget
             history_parity_inputs(news_vectors, nrms.run.model.max_history),
         ),
         ExportTarget(
-            contract.text_model(contract.QUERY_ENCODER, "query", tower_dim),
+            contract.text_model(contract.QUERY_ENCODER, tower_dim),
             tower_model.query_tower,
             text_parity_inputs(text_tokenizer(query_ref), queries, query_ref.max_length),
         ),
         ExportTarget(
-            contract.text_model(contract.DOC_ENCODER, "passage", tower_dim),
+            contract.text_model(contract.DOC_ENCODER, tower_dim),
             tower_model.doc_tower,
             text_parity_inputs(text_tokenizer(passage_ref), passages, passage_ref.max_length),
         ),
@@ -105,21 +90,21 @@ def tokenizer_refs(nrms: Checkpoint, two_tower: Checkpoint) -> dict[str, Tokeniz
 def export_all(
     nrms_path: Path,
     two_tower_path: Path,
-    layout: ServingLayout = ServingLayout(),
-    report_path: Path = ARTIFACTS / "reports" / "export.json",
+    serving: ServingLayout = layout.SERVING,
+    report_path: Path = layout.EXPORT_REPORT,
     options: TritonOptions | None = None,
 ) -> dict:
     """Export, verify, write both repositories and the tokenizer files; returns the export report."""
     nrms, two_tower = Checkpoint.load(nrms_path), Checkpoint.load(two_tower_path)
-    results = [export_and_verify(t, layout.onnx / f"{t.spec.name}.onnx") for t in export_targets(nrms, two_tower)]
-    versions = {profile: publish(results, layout.repository(profile), profile, options) for profile in ("cpu", "gpu")}
+    results = [export_and_verify(t, serving.onnx / f"{t.spec.name}.onnx") for t in export_targets(nrms, two_tower)]
+    versions = {profile: publish(results, serving.repository(profile), profile, options) for profile in layout.PROFILES}
     for field, ref in tokenizer_refs(nrms, two_tower).items():
-        write_tokenizer_file(ref, layout.tokenizers / f"{field}.json")
+        write_tokenizer_file(ref, tokenizer_file(serving.tokenizers, field))
     report = {
         "models": {r.spec.name: r.report() for r in results},
-        "repositories": {p: str(layout.repository(p)) for p in versions},
+        "repositories": {p: str(serving.repository(p)) for p in versions},
         "versions": versions["cpu"],
-        "tokenizers": str(layout.tokenizers),
+        "tokenizers": str(serving.tokenizers),
         "checkpoints": {"nrms": str(nrms_path), "two_tower": str(two_tower_path)},
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Export the four encoders to ONNX and prove each graph computes what its PyTorch module computes.
 
 Every graph has a dynamic batch (dim 0) and dynamic lengths (tokens, history); masks are explicit
-inputs. Tensor names follow `server.contract`. Parity is checked with ONNX Runtime against
+inputs. Tensor names follow `contract.models`. Parity is checked with ONNX Runtime against
 PyTorch on real inputs and on edge shapes (batch 1, length 1, maximum length, a history of one,
 an empty history); the largest absolute difference per model goes into the export report.
 """
@@ -18,9 +18,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from server import contract
-from server.contract import ModelSpec
-from server.tokenizer import TextTokenizer
+import contract
+from contract import ModelSpec
+from contract.tokenizer import TextTokenizer
 
 OPSET = 17
 PARITY_TOLERANCE = 1e-4

@@ -36,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import triton_to_np_dtype
 
-from server.contract import ModelSpec, TensorSpec
+from contract import ModelSpec, TensorSpec
+from contract.layout import Profile
 
-Profile = Literal["cpu", "gpu"]
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 VERSION_DIR = re.compile(r"[1-9][0-9]*")  # Triton ignores other names (and those with a leading zero)
 

@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-ARTIFACTS = Path("artifacts")
+import contract
+from contract import layout
 
 
 class TritonSettings(BaseModel):
@@ -22,14 +23,14 @@ class TritonSettings(BaseModel):
 
     url: str = "127.0.0.1:8001"
     timeout_s: float = Field(2.0, gt=0, description="Deadline of one inference call.")
-    news_encoder: str = "nrms_news_encoder"
-    user_encoder: str = "nrms_user_encoder"
-    query_encoder: str = "query_encoder"
+    news_encoder: str = contract.NEWS_ENCODER
+    user_encoder: str = contract.USER_ENCODER
+    query_encoder: str = contract.QUERY_ENCODER
     coalesce_rows: int = Field(32, ge=1, description="Most concurrent one-row calls merged into one request.")
     coalesce_in_flight: int = Field(1, ge=1, description="Merged requests out at once per model.")
-    doc_encoder: str = "doc_encoder"
+    doc_encoder: str = contract.DOC_ENCODER
     tokenizer_dir: Path = Field(
-        ARTIFACTS / "serving" / "tokenizers",
+        layout.SERVING.tokenizers,
         description="Tokenizer files written by `make export` (one per encoder input, shared with training).",
     )
 

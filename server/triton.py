@@ -17,33 +17,32 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from server import contract
+import contract
+from contract import layout
 from server.config import TritonSettings
 from server.errors import DependencyTimeout, DependencyUnavailable
-from server.tokenizer import TextTokenizer
-
-TEXT_FIELDS = ("title", "query", "passage")
+from contract.tokenizer import TextTokenizer
 
 
 class TritonEncoders:
     """The four served encoders behind one client."""
 
     def __init__(self, settings: TritonSettings, tokenizers: dict[str, TextTokenizer]) -> None:
-        missing = set(TEXT_FIELDS) - set(tokenizers)
+        missing = set(contract.TEXT_FIELDS) - set(tokenizers)
         if missing:
             raise ValueError(f"no tokenizer for text fields {sorted(missing)}")
         self.settings = settings
         self.tokenizers = tokenizers
         self._client = triton_aio.InferenceServerClient(settings.url)
         self._models = {
-            "title": settings.news_encoder,
-            "query": settings.query_encoder,
-            "passage": settings.doc_encoder,
+            contract.TITLE: settings.news_encoder,
+            contract.QUERY: settings.query_encoder,
+            contract.PASSAGE: settings.doc_encoder,
         }
 
     @classmethod
     def from_settings(cls, settings: TritonSettings) -> TritonEncoders:
-        tokenizers = {f: TextTokenizer.from_file(settings.tokenizer_dir / f"{f}.json") for f in TEXT_FIELDS}
+        tokenizers = {f: TextTokenizer.from_file(layout.tokenizer_file(settings.tokenizer_dir, f)) for f in contract.TEXT_FIELDS}
         return cls(settings, tokenizers)
 
     @property

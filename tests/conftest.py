@@ -92,7 +92,8 @@ def tiny_models(tiny_checkpoints: dict[str, Path]) -> dict[str, Checkpoint]:
 @pytest.fixture(scope="session")
 def tiny_serving(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """The tiny checkpoints exported: ONNX graphs, both Triton repositories and the tokenizer files."""
-    from export.models import ServingLayout, export_all
+    from contract.layout import ServingLayout
+    from export.models import export_all
 
     layout = ServingLayout(tmp_path_factory.mktemp("serving"))
     export_all(tiny_checkpoints["nrms"], tiny_checkpoints["two_tower"], layout, layout.root / "export.json")
@@ -106,7 +107,7 @@ def stack(tiny_serving, tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPa
     Tests that stop a part of it (outages) must start it again before they return.
     """
     from export.catalog import index_catalog
-    from server.stack.local import LocalStack, StackConfig
+    from devstack.local import LocalStack, StackConfig
 
     config = StackConfig(
         triton_repo=tiny_serving.repository("cpu"),

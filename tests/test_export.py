@@ -13,10 +13,11 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export.models import ServingLayout, export_all
+from contract.layout import ServingLayout
+from export.models import export_all
 from export.onnx_export import PARITY_TOLERANCE
-from server import contract
-from server.tokenizer import TextTokenizer
+import contract
+from contract.tokenizer import TextTokenizer
 from training.checkpoint import Checkpoint
 from training.text import text_tokenizer
 

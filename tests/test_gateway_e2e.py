@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
 from server.health import SERVICE
-from server.stack.local import gateway_serving
-from server.stack.process import ManagedProcess, free_port
+from devstack.local import gateway_serving
+from devstack.process import ManagedProcess, free_port
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.mind import load_mind_split

@@ -26,7 +26,7 @@ from server.llm import (
     TokenChunk,
     make_llm_client,
 )
-from server.stack.process import free_port
+from devstack.process import free_port
 
 pytestmark = pytest.mark.anyio
 DATA = Path(__file__).parent / "data" / "llm"

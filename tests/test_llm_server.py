@@ -21,10 +21,10 @@ from llama_cpp import Llama
 from server.config import LLMSettings
 from server.errors import Overloaded
 from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClient
-from server.stack.llm_server.app import create_app, shipped_model_path
-from server.stack.llm_server.common import ModelInfo, Serving, TokenLimits
-from server.stack.llm_server.config import ServerConfig, parse_args
-from server.stack.llm_server.engine import (
+from devstack.llm_server.app import create_app, shipped_model_path
+from devstack.llm_server.common import ModelInfo, Serving, TokenLimits
+from devstack.llm_server.config import ServerConfig, parse_args
+from devstack.llm_server.engine import (
     ChatJob,
     Finished,
     GenerationFailed,

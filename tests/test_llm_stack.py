@@ -14,9 +14,9 @@ import pytest
 
 from server.errors import DependencyUnavailable, Overloaded
 from server.llm import ChatMessage, GenerationRequest, LLMClient, TokenChunk, make_llm_client
-from server.stack.llm import LocalLLMServer
-from server.stack.llm_server.config import ServerConfig
-from server.stack.process import free_port
+from devstack.llm import LocalLLMServer
+from devstack.llm_server.config import ServerConfig
+from devstack.process import free_port
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]
 PROTOCOLS = pytest.mark.parametrize("protocol", ["ollama", "openai"])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.stack.milvus import COMPONENT_PORTS, ETCD_PEER_PORT, METRICS_PORT, MilvusServer
-from server.stack.process import StartupError
+from devstack.milvus import COMPONENT_PORTS, ETCD_PEER_PORT, METRICS_PORT, MilvusServer
+from devstack.process import StartupError
 
 
 def test_a_port_already_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:

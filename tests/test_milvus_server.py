@@ -16,7 +16,7 @@ from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, listening_addresses, news_row
 
 from server.config import MilvusSettings
 from server.errors import DependencyUnavailable
-from server.stack.milvus import ETCD_CONFIG, MilvusServer
+from devstack.milvus import ETCD_CONFIG, MilvusServer
 from server.vector_store import Filters, VectorStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]

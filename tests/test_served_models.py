@@ -8,8 +8,8 @@ import pytest
 import torch
 import tritonclient.grpc as triton
 
-from server import contract
-from server.tokenizer import TextTokenizer
+import contract
+from contract.tokenizer import TextTokenizer
 from training.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.stack

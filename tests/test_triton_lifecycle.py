@@ -14,9 +14,9 @@ import tritonclient.grpc as grpcclient
 from triton_fixtures import SPECS, export_tiny_model
 
 from export.triton_repo import write_model
-from server.contract import QUERY_ENCODER
-from server.stack.process import StartupError, free_port, pid_alive
-from server.stack.triton import TritonServer
+from contract import QUERY_ENCODER
+from devstack.process import StartupError, free_port, pid_alive
+from devstack.triton import TritonServer
 
 pytestmark = pytest.mark.stack
 
@@ -77,7 +77,7 @@ def test_a_model_that_fails_to_load_stops_startup_with_the_log_tail(repo: Path, 
 def test_cli_serves_the_repository_until_interrupted(repo: Path, tmp_path: Path) -> None:
     port = free_port()
     log, output = tmp_path / "triton.log", tmp_path / "cli.txt"
-    command = [sys.executable, "-m", "server.stack.triton", "--repo", str(repo), "--grpc-port", str(port)]
+    command = [sys.executable, "-m", "devstack.triton", "--repo", str(repo), "--grpc-port", str(port)]
     with open(output, "w") as sink:
         cli = subprocess.Popen([*command, "--log", str(log)], stdout=sink, stderr=subprocess.STDOUT)
     try:

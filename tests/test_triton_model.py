@@ -8,7 +8,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from server.stack.triton import Bundle
+from devstack.triton import Bundle
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from export.triton_repo import (
     write_model,
     write_repository,
 )
-from server.contract import QUERY_ENCODER, USER_ENCODER, TensorSpec
+from contract import QUERY_ENCODER, USER_ENCODER, TensorSpec
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ import tritonclient.grpc.aio as grpcaio
 from triton_fixtures import CONTRACT_SPECS, SPECS, VOCAB, export_tiny_model, infer_inputs, run_onnx, sample_inputs
 
 from export.triton_repo import TritonOptions, write_repository
-from server.contract import QUERY_ENCODER, USER_ENCODER
-from server.stack.triton import TritonServer
+from contract import QUERY_ENCODER, USER_ENCODER
+from devstack.triton import TritonServer
 
 pytestmark = pytest.mark.stack
 

@@ -21,7 +21,7 @@ from pymilvus import DataType, MilvusClient
 
 from server.config import MilvusSettings
 from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
-from server.stack.process import free_port
+from devstack.process import free_port
 from server.vector_store import Filters, SchemaMismatch, VectorStore
 
 pytestmark = pytest.mark.anyio

@@ -1,4 +1,4 @@
-"""Tiny ONNX graphs that follow server.contract exactly, for the Triton repository and server tests.
+"""Tiny ONNX graphs that follow contract.models exactly, for the Triton repository and server tests.
 
 Text encoders: token embedding + masked mean pool (L2-normalised for the two-tower models).
 User encoder: masked mean over the history + a linear layer; an all-zero mask gives a learned
@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from torch import nn
 from tritonclient.utils import np_to_triton_dtype
 
-from server.contract import (
+from contract import (
     DOC_ENCODER,
     NEWS_ENCODER,
     QUERY_ENCODER,
@@ -32,10 +32,10 @@ VOCAB = 50
 NEWS_DIM = 16
 TWO_TOWER_DIM = 8
 CONTRACT_SPECS = (
-    text_model(NEWS_ENCODER, "title", NEWS_DIM),
+    text_model(NEWS_ENCODER, NEWS_DIM),
     user_model(USER_ENCODER, NEWS_DIM),
-    text_model(QUERY_ENCODER, "query", TWO_TOWER_DIM),
-    text_model(DOC_ENCODER, "passage", TWO_TOWER_DIM),
+    text_model(QUERY_ENCODER, TWO_TOWER_DIM),
+    text_model(DOC_ENCODER, TWO_TOWER_DIM),
 )
 SPECS = {spec.name: spec for spec in CONTRACT_SPECS}
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.logging import RichHandler
 
-from training.config import ARTIFACTS, load_run_config
-from training.pipeline import CHECKPOINTS, REPORTS, run_training
+from contract import layout
+from training.config import load_run_config
+from training.pipeline import run_training
 
 CONFIGS = Path("configs")
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="build the offline MIND-format and MS MARCO-format sets")
-    data.add_argument("--out", type=Path, default=ARTIFACTS / "data", help="output directory (%(default)s)")
+    data.add_argument("--out", type=Path, default=layout.DATA, help="output directory (%(default)s)")
     data.add_argument("--seed", type=int, default=0, help="generator seed (%(default)s)")
 
     train = commands.add_parser(
@@ -39,18 +40,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also score zero-shot MiniLM (encodes the whole collection once: ~10 min on 2 cores, then cached)",
     )
-    train.add_argument("--checkpoints", type=Path, default=CHECKPOINTS)
-    train.add_argument("--reports", type=Path, default=REPORTS)
+    train.add_argument("--checkpoints", type=Path, default=layout.CHECKPOINTS)
+    train.add_argument("--reports", type=Path, default=layout.REPORTS)
 
     report = commands.add_parser("report", help="rank checkpoints by a dev metric and plot their curves")
     report.add_argument("paths", nargs="*", type=Path, help="checkpoints or directories (default: %(default)s)")
     report.add_argument("--kind", choices=["nrms", "two_tower"], help="only this model kind")
     report.add_argument("--metric", help="rank by this metric (default: auc for nrms, mrr@10 for two_tower)")
-    report.add_argument("--curves", type=Path, default=REPORTS / "curves", help="where PNG curves go")
+    report.add_argument("--curves", type=Path, default=layout.REPORTS / "curves", help="where PNG curves go")
 
     sweep = commands.add_parser("sweep", help="train every config of a grid and rank the results")
     sweep.add_argument("grid", type=Path, help="sweep file, e.g. configs/sweeps/two_tower_encoders.yaml")
-    sweep.add_argument("--out", type=Path, default=CHECKPOINTS / "sweeps")
+    sweep.add_argument("--out", type=Path, default=layout.CHECKPOINTS / "sweeps")
 
     args = parser.parse_args(argv)
     console = Console()
@@ -70,7 +71,7 @@ def cmd_data(args: argparse.Namespace, console: Console) -> int:
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
     from training.data.build import build_datasets
 
-    build_datasets(ARTIFACTS / "data")
+    build_datasets(layout.DATA)
     nrms = load_run_config(args.nrms_config, "nrms", args.nrms)
     two_tower = load_run_config(args.two_tower_config, "two_tower", args.two_tower)
     run_training(
@@ -88,10 +89,10 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     from training.report import load_rows, plot_curves, ranking_table
 
-    paths = expand_checkpoints(args.paths or [CHECKPOINTS])
+    paths = expand_checkpoints(args.paths or [layout.CHECKPOINTS])
     rows = load_rows(paths, args.kind)
     if not rows:
-        console.print(f"[red]no checkpoints found in {', '.join(map(str, args.paths or [CHECKPOINTS]))}")
+        console.print(f"[red]no checkpoints found in {', '.join(map(str, args.paths or [layout.CHECKPOINTS]))}")
         return 1
     for kind in sorted({r.checkpoint.kind for r in rows}):
         kind_rows = [r for r in rows if r.checkpoint.kind == kind]

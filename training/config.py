@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from contract import layout
 
-ARTIFACTS = Path("artifacts")
 
 
 class Strict(BaseModel):
@@ -69,8 +69,8 @@ class TwoTowerModelConfig(Strict):
 
 class NRMSRunConfig(Strict):
     kind: Literal["nrms"] = "nrms"
-    name: str = "nrms"
-    data_dir: Path = ARTIFACTS / "data" / "mind"
+    name: str = layout.NRMS_RUN
+    data_dir: Path = layout.MIND_DATA
     model: NRMSModelConfig = NRMSModelConfig()
     train: TrainConfig = TrainConfig()
     negatives: int = Field(4, ge=1, description="K sampled negatives per positive (same impression).")
@@ -82,8 +82,8 @@ class NRMSRunConfig(Strict):
 
 class TwoTowerRunConfig(Strict):
     kind: Literal["two_tower"] = "two_tower"
-    name: str = "two_tower"
-    data_dir: Path = ARTIFACTS / "data" / "msmarco"
+    name: str = layout.TWO_TOWER_RUN
+    data_dir: Path = layout.MSMARCO_DATA
     model: TwoTowerModelConfig = TwoTowerModelConfig()
     train: TrainConfig = TrainConfig(lr=5e-4, batch_size=128, epochs=8, patience=3)
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature.")

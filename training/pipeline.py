@@ -27,19 +27,18 @@ from training.baselines import (
     evaluate_retriever,
 )
 from training.checkpoint import Checkpoint
-from training.config import ARTIFACTS, NRMSRunConfig, RunConfig, TwoTowerRunConfig
+from contract import layout
+from training.config import NRMSRunConfig, RunConfig, TwoTowerRunConfig
 from training.report import plot_curves
 from training.train_nrms import evaluable, load_mind, train_nrms
 from training.train_two_tower import dev_subset, load_retrieval, train_two_tower
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = ARTIFACTS / "checkpoints"
-REPORTS = ARTIFACTS / "reports"
 
 
-def checkpoint_path(run: RunConfig, directory: Path = CHECKPOINTS) -> Path:
-    return directory / f"{run.name}.pt"
+def checkpoint_path(run: RunConfig, directory: Path = layout.CHECKPOINTS) -> Path:
+    return layout.checkpoint_file(run.name, directory)
 
 
 def train_or_reuse(run: RunConfig, path: Path, force: bool, console: Console) -> Checkpoint:
@@ -103,8 +102,8 @@ def run_training(
     *,
     force: bool = False,
     zero_shot: bool = False,
-    checkpoints: Path = CHECKPOINTS,
-    reports: Path = REPORTS,
+    checkpoints: Path = layout.CHECKPOINTS,
+    reports: Path = layout.REPORTS,
     console: Console | None = None,
 ) -> dict:
     """Train (or reuse) both models, score baselines on the same dev data, write training.json and curves."""
@@ -120,7 +119,7 @@ def run_training(
     for checkpoint in (nrms_ckpt, tower_ckpt):
         plot_curves(checkpoint, reports / "curves" / f"{checkpoint.run.name}.png")
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    (reports / layout.TRAINING_REPORT.name).write_text(json.dumps(report, indent=2) + "\n")
     for table in results_tables(report):
         console.print(table)
     console.log(f"wrote {reports / 'training.json'}")

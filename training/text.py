@@ -5,7 +5,7 @@ its uncased word-piece tokenizer (`tokenizer.json`, 30,522 entries) and its inpu
 matrix (30,522 x 384). The definition of how a text field becomes model input is *data*, not code:
 a `tokenizer.json` with truncation to the field's maximum length and padding to the longest text in
 the batch, written by `write_tokenizer_file`. Training and the gateway both encode through
-`server.tokenizer.TextTokenizer` (export ships the file next to the served models), so train and
+`contract.tokenizer.TextTokenizer` (export ships the file next to the served models), so train and
 serve cannot drift apart (tested end to end: text -> embedding).
 
 Every encoded text starts with [CLS] and ends with [SEP], so even an empty string has two real
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from server.tokenizer import TextTokenizer
+from contract.tokenizer import TextTokenizer
 
 PAD_ID = 0
 
@@ -86,7 +86,7 @@ def write_tokenizer_file(ref: TokenizerRef, path: Path) -> Path:
 
 
 def text_tokenizer(ref: TokenizerRef) -> TextTokenizer:
-    """The shared encode path (`server.tokenizer`) over the tokenizer `ref` describes."""
+    """The shared encode path (`contract.tokenizer`) over the tokenizer `ref` describes."""
     return TextTokenizer(configured_tokenizer(ref))
 
 

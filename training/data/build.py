@@ -32,10 +32,11 @@ from training.data.mind import BEHAVIORS_FILE, NEWS_FILE
 from training.data.mind_builder import build_mind
 from training.data.mind_sim import MindSimConfig
 from training.data.news_corpus import SourceArticle, load_source_articles, locate_news_articles_zip
+from contract import layout
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OUT_DIR = Path("artifacts/data")
+DEFAULT_OUT_DIR = layout.DATA
 MANIFEST_FILE = "manifest.json"
 # Bump when a builder's output changes for the same spec, so existing builds are redone.
 BUILDER_VERSION = 1

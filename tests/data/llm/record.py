@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from server.llm import build_rag_messages
-from server.stack.llm import LocalLLMServer
+from devstack.llm import LocalLLMServer
 
 HERE = Path(__file__).parent
 PASSAGES = [

@@ -1,6 +1,6 @@
-"""Start the local LLM server (`server.stack.llm_server`) as a managed child process.
+"""Start the local LLM server (`devstack.llm_server`) as a managed child process.
 
-    with LocalLLMServer(log_path=Path("artifacts/logs/llm.log")) as llm:
+    with LocalLLMServer(log_path=layout.LOGS / "llm.log") as llm:
         client = make_llm_client(llm.settings("ollama"))   # or "openai": the same server speaks both
 
 Ready once `GET /api/version` answers, which the server only does after the model is loaded.
@@ -16,8 +16,9 @@ from typing import Literal
 import httpx
 
 from server.config import LLMSettings
-from server.stack.llm_server.config import ServerConfig
-from server.stack.process import ManagedProcess, free_port
+from devstack.llm_server.config import ServerConfig
+from devstack.process import ManagedProcess, free_port
+from contract import layout
 
 READY_PATH = "/api/version"
 
@@ -41,7 +42,7 @@ class LocalLLMServer:
         """Start (or restart, on the same port) and wait until ready; StartupError with the log tail if not."""
         self._process = ManagedProcess(
             name="llm-server",
-            argv=[sys.executable, "-m", "server.stack.llm_server", *self.config.to_argv()],
+            argv=[sys.executable, "-m", "devstack.llm_server", *self.config.to_argv()],
             log_path=self.log_path,
             ready=self._ready,
             startup_timeout_s=self.startup_timeout_s,

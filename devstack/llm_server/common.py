@@ -22,7 +22,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from server.stack.llm_server.engine import Event, Finished, GenerationFailed, ModelRunner, QueueFull, TextDelta
+from devstack.llm_server.engine import Event, Finished, GenerationFailed, ModelRunner, QueueFull, TextDelta
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,19 @@ HISTORY = "history"
 HISTORY_MASK = "history_mask"
 EMBEDDING = "embedding"
 
+NEWS_ENCODER = "nrms_news_encoder"
+USER_ENCODER = "nrms_user_encoder"
+QUERY_ENCODER = "query_encoder"
+DOC_ENCODER = "doc_encoder"
+MODEL_NAMES = (NEWS_ENCODER, USER_ENCODER, QUERY_ENCODER, DOC_ENCODER)
+
+# Text fields: each has one tokenizer file (`<field>.json`) and one encoder that reads it.
+TITLE = "title"
+QUERY = "query"
+PASSAGE = "passage"
+ENCODER_FOR_FIELD = {TITLE: NEWS_ENCODER, QUERY: QUERY_ENCODER, PASSAGE: DOC_ENCODER}
+TEXT_FIELDS = tuple(ENCODER_FOR_FIELD)
+
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
@@ -41,7 +54,9 @@ class ModelSpec:
     text_field: str | None  # which tokenizer file feeds it ("title", "query", "passage"), None for vectors
 
 
-def text_model(name: str, text_field: str, dim: int) -> ModelSpec:
+def text_model(name: str, dim: int) -> ModelSpec:
+    """The spec of text encoder `name` (a value of ENCODER_FOR_FIELD) with output size `dim`."""
+    (text_field,) = (field for field, model in ENCODER_FOR_FIELD.items() if model == name)
     return ModelSpec(
         name=name,
         inputs=(TensorSpec(INPUT_IDS, "INT64", (-1,)), TensorSpec(ATTENTION_MASK, "INT64", (-1,))),
@@ -51,6 +66,7 @@ def text_model(name: str, text_field: str, dim: int) -> ModelSpec:
 
 
 def user_model(name: str, dim: int) -> ModelSpec:
+    """The spec of the user encoder `name` with news vectors of size `dim`."""
     return ModelSpec(
         name=name,
         inputs=(TensorSpec(HISTORY, "FP32", (-1, dim)), TensorSpec(HISTORY_MASK, "INT64", (-1,))),
@@ -59,7 +75,3 @@ def user_model(name: str, dim: int) -> ModelSpec:
     )
 
 
-NEWS_ENCODER = "nrms_news_encoder"
-USER_ENCODER = "nrms_user_encoder"
-QUERY_ENCODER = "query_encoder"
-DOC_ENCODER = "doc_encoder"

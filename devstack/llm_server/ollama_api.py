@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from server.stack.llm_server.common import (
+from devstack.llm_server.common import (
     GenerationResponse,
     Message,
     Serving,
@@ -22,7 +22,7 @@ from server.stack.llm_server.common import (
     start_generation,
     timestamp,
 )
-from server.stack.llm_server.engine import ChatJob, Event, Finished, GenerationFailed
+from devstack.llm_server.engine import ChatJob, Event, Finished, GenerationFailed
 
 PREFIX = "/api"
 DEFAULT_TEMPERATURE = 0.8  # Ollama's default

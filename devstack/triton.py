@@ -11,7 +11,7 @@ a new version while the old one keeps serving), is ready when the server and eve
 stops with SIGTERM. On stop it also ends python-backend stubs that outlived the server and removes the
 `/dev/shm` regions the server had mapped (both leak when the server is killed).
 
-CLI (foreground until Ctrl-C): `python -m server.stack.triton --repo DIR [--models NAME ...]`.
+CLI (foreground until Ctrl-C): `python -m devstack.triton --repo DIR [--models NAME ...]`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from server.stack.process import ManagedProcess, StartupError, free_port, pid_alive
+from devstack.process import ManagedProcess, StartupError, free_port, pid_alive
+from contract import layout
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grpc-port", type=int)
     parser.add_argument("--http-port", type=int)
     parser.add_argument("--metrics-port", type=int)
-    parser.add_argument("--log", type=Path, default=Path("artifacts/logs/tritonserver.log"))
+    parser.add_argument("--log", type=Path, default=layout.LOGS / "tritonserver.log")
     parser.add_argument("--verbose", action="store_true", help="tritonserver --log-verbose=1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -41,7 +41,7 @@ class ServerConfig:
 
 def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     parser = argparse.ArgumentParser(
-        prog="python -m server.stack.llm_server",
+        prog="python -m devstack.llm_server",
         description="Ollama- and OpenAI-compatible HTTP server over a local GGUF model (llama.cpp).",
     )
     for spec in fields(ServerConfig):

@@ -1,6 +1,6 @@
 """The whole local stack on loopback: Triton, Milvus, the LLM server and the gateway, as real processes.
 
-Used by `make up` / `make down` (through `python -m server.stack`), by the end-to-end tests and by
+Used by `make up` / `make down` (through `python -m devstack`), by the end-to-end tests and by
 the benchmarks. Start order is dependency order; stop is the reverse. The gateway runs as its own
 process (`python -m server`) configured only through `RECSTACK_*` environment variables, exactly as
 it would be in a container.
@@ -16,24 +16,25 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server import contract
+import contract
 from server.health import SERVICE
-from server.stack.llm import LocalLLMServer
-from server.stack.milvus import MilvusServer
-from server.stack.process import ManagedProcess, free_port
-from server.stack.triton import TritonServer
+from devstack.llm import LocalLLMServer
+from devstack.milvus import MilvusServer
+from devstack.process import ManagedProcess, free_port
+from devstack.triton import TritonServer
+from contract import layout
 
 HOST = "127.0.0.1"
-MODELS = (contract.NEWS_ENCODER, contract.USER_ENCODER, contract.QUERY_ENCODER, contract.DOC_ENCODER)
+MODELS = contract.MODEL_NAMES
 
 
 @dataclass
 class StackConfig:
     """Where the local stack reads its models from and keeps its state."""
 
-    triton_repo: Path = Path("artifacts/serving/triton-cpu")
-    tokenizer_dir: Path = Path("artifacts/serving/tokenizers")
-    state_dir: Path = Path("artifacts/stack")
+    triton_repo: Path = layout.SERVING.repository("cpu")
+    tokenizer_dir: Path = layout.SERVING.tokenizers
+    state_dir: Path = layout.STACK
     gateway_port: int = 50051  # 0: any free port
     metrics_port: int = 9464  # 0: any free port
     llm: bool = True

