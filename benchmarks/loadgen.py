@@ -52,9 +52,9 @@ from benchmarks.workload import (
     parse_mix,
     synthetic_ids,
 )
+from contract import layout
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
-from contract import layout
 
 MAX_DURATION_S = 3600.0
 MAX_WARMUP_S = 600.0

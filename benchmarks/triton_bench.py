@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 from tritonclient.grpc import InferInput
 
-from benchmarks.stats import Histogram
 import contract
+from benchmarks.stats import Histogram
 from devstack.triton import TritonServer
 
 TOKENS = {contract.NEWS_ENCODER: 16, contract.QUERY_ENCODER: 10, contract.DOC_ENCODER: 128}

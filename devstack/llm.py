@@ -15,10 +15,9 @@ from typing import Literal
 
 import httpx
 
-from server.config import LLMSettings
 from devstack.llm_server.config import ServerConfig
 from devstack.process import ManagedProcess, free_port
-from contract import layout
+from server.config import LLMSettings
 
 READY_PATH = "/api/version"
 

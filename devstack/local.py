@@ -17,22 +17,23 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import contract
-from server.health import SERVICE
+from contract import layout
 from devstack.llm import LocalLLMServer
 from devstack.milvus import MilvusServer
 from devstack.process import ManagedProcess, free_port
 from devstack.triton import TritonServer
-from contract import layout
+from server.health import SERVICE
 
 HOST = "127.0.0.1"
 MODELS = contract.MODEL_NAMES
+LOCAL_REPOSITORY = layout.SERVING.repository("cpu")  # python backend: the only one the local tritonserver has
 
 
 @dataclass
 class StackConfig:
     """Where the local stack reads its models from and keeps its state."""
 
-    triton_repo: Path = layout.SERVING.repository("cpu")
+    triton_repo: Path = LOCAL_REPOSITORY
     tokenizer_dir: Path = layout.SERVING.tokenizers
     state_dir: Path = layout.STACK
     gateway_port: int = 50051  # 0: any free port

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from devstack.process import ManagedProcess, StartupError, free_port, pid_alive
 from contract import layout
+from devstack.process import ManagedProcess, StartupError, free_port, pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from rich.table import Table
 from contract import layout
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

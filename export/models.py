@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+import contract
+from contract import layout
+from contract.layout import ServingLayout, tokenizer_file
 from export.onnx_export import (
     ExportResult,
     ExportTarget,
@@ -27,9 +29,6 @@ from export.onnx_export import (
     text_parity_inputs,
 )
 from export.triton_repo import Profile, TritonOptions, next_version, write_repository
-import contract
-from contract import layout
-from contract.layout import ServingLayout, tokenizer_file
 from training.checkpoint import Checkpoint
 from training.data.mind import load_news
 from training.data.msmarco import load_collection, load_queries
@@ -57,9 +56,7 @@ def export_targets(nrms: Checkpoint, two_tower: Checkpoint) -> list[ExportTarget
         ).numpy()
     news_dim, tower_dim = nrms.run.model.news_dim, two_tower.run.model.word_dim
     return [
-        ExportTarget(
-            contract.text_model(contract.NEWS_ENCODER, news_dim), news_model.news_encoder, title_inputs
-        ),
+        ExportTarget(contract.text_model(contract.NEWS_ENCODER, news_dim), news_model.news_encoder, title_inputs),
         ExportTarget(
             contract.user_model(contract.USER_ENCODER, news_dim),
             news_model.user_encoder,

@@ -19,9 +19,9 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 import contract
 from contract import layout
+from contract.tokenizer import TextTokenizer
 from server.config import TritonSettings
 from server.errors import DependencyTimeout, DependencyUnavailable
-from contract.tokenizer import TextTokenizer
 
 
 class TritonEncoders:
@@ -42,7 +42,9 @@ class TritonEncoders:
 
     @classmethod
     def from_settings(cls, settings: TritonSettings) -> TritonEncoders:
-        tokenizers = {f: TextTokenizer.from_file(layout.tokenizer_file(settings.tokenizer_dir, f)) for f in contract.TEXT_FIELDS}
+        tokenizers = {
+            f: TextTokenizer.from_file(layout.tokenizer_file(settings.tokenizer_dir, f)) for f in contract.TEXT_FIELDS
+        }
         return cls(settings, tokenizers)
 
     @property

@@ -106,8 +106,8 @@ def stack(tiny_serving, tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPa
 
     Tests that stop a part of it (outages) must start it again before they return.
     """
-    from export.catalog import index_catalog
     from devstack.local import LocalStack, StackConfig
+    from export.catalog import index_catalog
 
     config = StackConfig(
         triton_repo=tiny_serving.repository("cpu"),

@@ -27,9 +27,9 @@ from benchmarks.naive_server import (
     synthetic_vectors,
 )
 from benchmarks.workload import SYNTHETIC_CATEGORIES, load_catalog, synthetic_ids
+from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
-from devstack.process import free_port
 from training.checkpoint import Checkpoint
 from training.config import NRMSModelConfig, NRMSRunConfig, TwoTowerModelConfig, TwoTowerRunConfig
 from training.data.build import DatasetPaths

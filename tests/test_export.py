@@ -13,11 +13,11 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+import contract
 from contract.layout import ServingLayout
+from contract.tokenizer import TextTokenizer
 from export.models import export_all
 from export.onnx_export import PARITY_TOLERANCE
-import contract
-from contract.tokenizer import TextTokenizer
 from training.checkpoint import Checkpoint
 from training.text import text_tokenizer
 

@@ -18,11 +18,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from devstack.local import gateway_serving
+from devstack.process import ManagedProcess, free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
 from server.health import SERVICE
-from devstack.local import gateway_serving
-from devstack.process import ManagedProcess, free_port
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.mind import load_mind_split

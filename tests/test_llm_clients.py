@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devstack.process import free_port
 from server.config import LLMSettings
 from server.errors import DependencyTimeout, DependencyUnavailable, Overloaded
 from server.llm import (
@@ -26,7 +27,6 @@ from server.llm import (
     TokenChunk,
     make_llm_client,
 )
-from devstack.process import free_port
 
 pytestmark = pytest.mark.anyio
 DATA = Path(__file__).parent / "data" / "llm"

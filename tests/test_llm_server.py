@@ -18,9 +18,6 @@ import numpy as np
 import pytest
 from llama_cpp import Llama
 
-from server.config import LLMSettings
-from server.errors import Overloaded
-from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClient
 from devstack.llm_server.app import create_app, shipped_model_path
 from devstack.llm_server.common import ModelInfo, Serving, TokenLimits
 from devstack.llm_server.config import ServerConfig, parse_args
@@ -33,6 +30,9 @@ from devstack.llm_server.engine import (
     TextDelta,
     convert_weights,
 )
+from server.config import LLMSettings
+from server.errors import Overloaded
+from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClient
 
 pytestmark = pytest.mark.anyio
 MODEL_NAME = "fake-model"

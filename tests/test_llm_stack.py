@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import DependencyUnavailable, Overloaded
-from server.llm import ChatMessage, GenerationRequest, LLMClient, TokenChunk, make_llm_client
 from devstack.llm import LocalLLMServer
 from devstack.llm_server.config import ServerConfig
 from devstack.process import free_port
+from server.errors import DependencyUnavailable, Overloaded
+from server.llm import ChatMessage, GenerationRequest, LLMClient, TokenChunk, make_llm_client
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]
 PROTOCOLS = pytest.mark.parametrize("protocol", ["ollama", "openai"])

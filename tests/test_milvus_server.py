@@ -14,9 +14,9 @@ import pytest
 import yaml
 from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, listening_addresses, news_row, processes_mentioning
 
+from devstack.milvus import ETCD_CONFIG, MilvusServer
 from server.config import MilvusSettings
 from server.errors import DependencyUnavailable
-from devstack.milvus import ETCD_CONFIG, MilvusServer
 from server.vector_store import Filters, VectorStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]

@@ -13,10 +13,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from triton_fixtures import SPECS, export_tiny_model
 
-from export.triton_repo import write_model
 from contract import QUERY_ENCODER
 from devstack.process import StartupError, free_port, pid_alive
 from devstack.triton import TritonServer
+from export.triton_repo import write_model
 
 pytestmark = pytest.mark.stack
 

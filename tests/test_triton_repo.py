@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from triton_fixtures import CONTRACT_SPECS, SPECS, export_tiny_model
 from tritonclient.grpc import model_config_pb2 as mc
 
+from contract import QUERY_ENCODER, USER_ENCODER, TensorSpec
 from export.triton_repo import (
     PYTHON_MODEL,
     SpecMismatch,
@@ -19,7 +20,6 @@ from export.triton_repo import (
     write_model,
     write_repository,
 )
-from contract import QUERY_ENCODER, USER_ENCODER, TensorSpec
 
 
 @pytest.fixture(scope="module")

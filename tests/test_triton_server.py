@@ -16,9 +16,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from triton_fixtures import CONTRACT_SPECS, SPECS, VOCAB, export_tiny_model, infer_inputs, run_onnx, sample_inputs
 
-from export.triton_repo import TritonOptions, write_repository
 from contract import QUERY_ENCODER, USER_ENCODER
 from devstack.triton import TritonServer
+from export.triton_repo import TritonOptions, write_repository
 
 pytestmark = pytest.mark.stack
 

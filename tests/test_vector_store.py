@@ -19,9 +19,9 @@ from milvus_fixtures import (
 )
 from pymilvus import DataType, MilvusClient
 
+from devstack.process import free_port
 from server.config import MilvusSettings
 from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
-from devstack.process import free_port
 from server.vector_store import Filters, SchemaMismatch, VectorStore
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from contract import layout
 
+from contract import layout
 
 
 class Strict(BaseModel):

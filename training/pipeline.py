@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from contract import layout
 from training.baselines import (
     BagOfWordsRetriever,
     BM25Retriever,
@@ -27,14 +28,12 @@ from training.baselines import (
     evaluate_retriever,
 )
 from training.checkpoint import Checkpoint
-from contract import layout
 from training.config import NRMSRunConfig, RunConfig, TwoTowerRunConfig
 from training.report import plot_curves
 from training.train_nrms import evaluable, load_mind, train_nrms
 from training.train_two_tower import dev_subset, load_retrieval, train_two_tower
 
 log = logging.getLogger(__name__)
-
 
 
 def checkpoint_path(run: RunConfig, directory: Path = layout.CHECKPOINTS) -> Path:

@@ -27,12 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from contract import layout
 from training.data import msmarco_builder
 from training.data.mind import BEHAVIORS_FILE, NEWS_FILE
 from training.data.mind_builder import build_mind
 from training.data.mind_sim import MindSimConfig
 from training.data.news_corpus import SourceArticle, load_source_articles, locate_news_articles_zip
-from contract import layout
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from server.llm import build_rag_messages
 from devstack.llm import LocalLLMServer
+from server.llm import build_rag_messages
 
 HERE = Path(__file__).parent
 PASSAGES = [
