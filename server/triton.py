@@ -19,9 +19,9 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 import contract
 from contract import layout
+from contract.tokenizer import TextTokenizer
 from server.config import TritonSettings
 from server.errors import DependencyTimeout, DependencyUnavailable
-from contract.tokenizer import TextTokenizer
 
 
 class TritonEncoders:
@@ -42,18 +42,20 @@ class TritonEncoders:
 
     @classmethod
     def from_settings(cls, settings: TritonSettings) -> TritonEncoders:
-        tokenizers = {f: TextTokenizer.from_file(layout.tokenizer_file(settings.tokenizer_dir, f)) for f in contract.TEXT_FIELDS}
+        tokenizers = {
+            f: TextTokenizer.from_file(layout.tokenizer_file(settings.tokenizer_dir, f)) for f in contract.TEXT_FIELDS
+        }
         return cls(settings, tokenizers)
 
     @property
     def model_names(self) -> list[str]:
         return [*self._models.values(), self.settings.user_encoder]
 
-    async def encode_texts(self, field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray:
+    async def encode_texts(self, text_field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray:
         """Embeddings [len(texts), D] of titles ("title"), queries ("query") or passages ("passage")."""
-        ids, mask = self.tokenizers[field].encode(texts)
+        ids, mask = self.tokenizers[text_field].encode(texts)
         inputs = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-        return await self._infer(self._models[field], inputs, timeout_s)
+        return await self._infer(self._models[text_field], inputs, timeout_s)
 
     async def encode_users(self, history: np.ndarray, mask: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """User vectors [B, D] from clicked-news vectors [B, H, D] and their mask [B, H] (H >= 1)."""
