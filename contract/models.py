@@ -73,5 +73,3 @@ def user_model(name: str, dim: int) -> ModelSpec:
         output=TensorSpec(EMBEDDING, "FP32", (dim,)),
         text_field=None,
     )
-
-

@@ -68,7 +68,7 @@ class GatewayApp:
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Serve on the configured address; returns the bound port (useful with port 0)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.errors import DependencyTimeout
 from server.observability import StageTimer
@@ -50,7 +51,7 @@ class Item:
     published: int = 0
     text: str = ""
     doc_id: str = ""
-    vector: np.ndarray | None = None
+    vector: NDArray[np.float32] | None = None
 
     @classmethod
     def from_row(cls, item_id: str, score: float, row: dict[str, Any]) -> Item:
@@ -64,6 +65,12 @@ class Item:
             doc_id=row.get("doc_id", ""),
             vector=row.get("vector"),
         )
+
+
+def first_row(rows: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Row 0 of a [N, D] batch as a [D] vector (numpy's stubs type an integer index as Any)."""
+    row: NDArray[np.float32] = rows[0]
+    return row
 
 
 class CatalogClock:
@@ -93,7 +100,7 @@ class Searcher(Protocol):
     async def search(
         self,
         collection: str,
-        vectors: np.ndarray,
+        vectors: NDArray[np.float32],
         limit: int,
         filters: Filters | None = None,
         output_fields: Sequence[str] = (),
@@ -130,8 +137,10 @@ class VectorIndex(Searcher, Protocol):
 class Encoders(Protocol):
     """The embedding models: texts of one field ("title", "query", "passage") and click histories."""
 
-    async def encode_texts(self, text_field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray: ...
+    async def encode_texts(
+        self, text_field: str, texts: list[str], timeout_s: float | None = None
+    ) -> NDArray[np.float32]: ...
 
     async def encode_users(
-        self, history: np.ndarray, mask: np.ndarray, timeout_s: float | None = None
-    ) -> np.ndarray: ...
+        self, history: NDArray[np.float32], mask: NDArray[np.int64], timeout_s: float | None = None
+    ) -> NDArray[np.float32]: ...

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import CatalogClock, Encoders, RequestContext, VectorIndex
@@ -89,8 +90,8 @@ class Ingest:
                 )
         return news_deleted, passages_deleted
 
-    async def _encode(self, text_field: str, stage: str, texts: list[str], ctx: RequestContext) -> np.ndarray:
-        chunks: list[np.ndarray] = []
+    async def _encode(self, text_field: str, stage: str, texts: list[str], ctx: RequestContext) -> NDArray[np.float32]:
+        chunks: list[NDArray[np.float32]] = []
         with ctx.timer.stage(stage):
             for start in range(0, len(texts), self.encode_batch):
                 chunk = texts[start : start + self.encode_batch]

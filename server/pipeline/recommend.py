@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
-from server.pipeline.common import CatalogClock, Encoders, Item, RequestContext, Searcher, VectorIndex
+from server.pipeline.common import CatalogClock, Encoders, Item, RequestContext, Searcher, VectorIndex, first_row
 from server.requests import HistoryEntry, RecommendQuery
 
 NEWS_FIELDS = ("title", "category", "published")
@@ -33,7 +34,7 @@ MMR_POOL_FACTOR = 4  # MMR picks k of this many times k candidates
 
 @dataclass
 class History:
-    vectors: np.ndarray  # [H, D], oldest first
+    vectors: NDArray[np.float32]  # [H, D], oldest first
     seen: set[str]  # every id the request named, used or not
 
 
@@ -44,7 +45,7 @@ class RecommendState:
 
     query: RecommendQuery
     exclude: frozenset[str]
-    user: np.ndarray | None = None
+    user: NDArray[np.float32] | None = None
 
     @property
     def candidate_pool(self) -> int:
@@ -87,7 +88,9 @@ class HistoryVectors:
         seen = {e.item_id for e in entries if e.item_id}
         recent = [e for e in entries if e.item_id or e.title][-self.max_history :]
         known = await self.catalog.entries(sorted({e.item_id for e in recent if e.item_id}), "milvus.get_history", ctx)
-        vectors: list[np.ndarray | None] = [known[e.item_id].vector if e.item_id in known else None for e in recent]
+        vectors: list[NDArray[np.float32] | None] = [
+            known[e.item_id].vector if e.item_id in known else None for e in recent
+        ]
         untitled = [i for i, e in enumerate(recent) if vectors[i] is None and e.title]
         if untitled:  # ids the catalog does not know, but with a title: encode the title
             with ctx.timer.stage("triton.news_encoder"):
@@ -104,11 +107,11 @@ class UserVector:
     def __init__(self, encoders: Encoders) -> None:
         self.encoders = encoders
 
-    async def __call__(self, history: np.ndarray, ctx: RequestContext) -> np.ndarray:
+    async def __call__(self, history: NDArray[np.float32], ctx: RequestContext) -> NDArray[np.float32]:
         mask = np.ones((1, history.shape[0]), dtype=np.int64)
         with ctx.timer.stage("triton.user_encoder"):
             users = await self.encoders.encode_users(history[None], mask, ctx.remaining("triton"))
-        return users[0]
+        return first_row(users)
 
 
 class AnnCandidates:
@@ -172,7 +175,7 @@ def _mmr_picks(items: list[Item], k: int, diversity: float) -> list[int]:
     return chosen
 
 
-def _vector(item: Item) -> np.ndarray:
+def _vector(item: Item) -> NDArray[np.float32]:
     if item.vector is None:
         raise ValueError(f"candidate {item.item_id!r} has no vector to diversify by")
     return item.vector
