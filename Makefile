@@ -65,9 +65,10 @@ demo: setup  ## the whole product on embedded defaults: data, training, export, 
 test: setup  ## run the test suite (unit + end-to-end against the real local stack)
 	$(PY) -m pytest
 
-lint: setup  ## ruff
+lint: setup  ## ruff, and mypy --strict on server/ and contract/
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy server contract
 
 bench: setup  ## full benchmark suite (ours vs naive, overhead, 10k-1M items, recall, plots) -> benchmarks/results/full.*
 	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export

@@ -31,6 +31,7 @@ from server.item_cache import CachedNews, ItemCache
 from server.llm import make_llm_client
 from server.observability import configure_logging
 from server.pipeline.answer import Answerer
+from server.pipeline.common import CatalogClock
 from server.pipeline.ingest import Ingest
 from server.pipeline.recommend import (
     AnnCandidates,
@@ -39,6 +40,7 @@ from server.pipeline.recommend import (
     HistoryVectors,
     Recommender,
     UserVector,
+    personal_stages,
 )
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
@@ -58,6 +60,7 @@ class GatewayApp:
         self.store = VectorStore(settings.milvus)
         rec = settings.recommend
         self.cache = ItemCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
+        self.clock = CatalogClock()  # fed by the warm-up and by ingest, read by ColdStart
         self.llm = make_llm_client(settings.llm)
         self.health = HealthMonitor(
             {"triton": self.encoders.ready, "milvus": self.store.ready, "llm": self.llm.health},
@@ -65,7 +68,7 @@ class GatewayApp:
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
         """Serve on the configured address; returns the bound port (useful with port 0)."""
@@ -95,22 +98,26 @@ class GatewayApp:
         searcher = BatchedSearch(self.store, s.milvus.search_batch, s.milvus.search_in_flight)
         # One-row calls of the request path are coalesced; ingestion sends its own full batches.
         request_encoders = BatchedEncoders(self.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
-        self.cold_start = ColdStart(
-            self.store, s.milvus.news_collection, s.recommend.cold_start_window_days, s.recommend.cold_start_pool
+        cold_start = ColdStart(
+            self.store,
+            s.milvus.news_collection,
+            self.clock,
+            s.recommend.cold_start_window_days,
+            s.recommend.cold_start_pool,
         )
         catalog = CatalogView(self.cache, self.store, s.milvus.news_collection)
         recommender = Recommender(
             HistoryVectors(catalog, self.encoders, s.recommend.max_history),
             UserVector(request_encoders),
-            AnnCandidates(searcher, catalog),
-            self.cold_start,
+            personal_stages(AnnCandidates(searcher, catalog)),
+            [cold_start],
         )
         search = PassageSearch(QueryVector(request_encoders), searcher, s.milvus.passage_collection)
         ingest = Ingest(
             self.encoders,
             self.store,
             self.cache,
-            self.cold_start,
+            self.clock,
             s.milvus.news_collection,
             s.milvus.passage_collection,
             s.gateway.encode_batch,
@@ -139,11 +146,11 @@ class GatewayApp:
             await asyncio.sleep(1.0)
 
     async def _warm_cache(self) -> None:
-        """Fill the item cache and the cold-start clock from Milvus, in the background."""
+        """Fill the item cache and the catalog clock from Milvus, in the background."""
         started = time.perf_counter()
         try:
             async for row in self.store.iterate(self.settings.milvus.news_collection, CACHED_FIELDS):
-                self.cold_start.observe(int(row["published"]))
+                self.clock.observe(int(row["published"]))
                 if self.cache.has_room():
                     self.cache.store({row["id"]: CachedNews.from_row(row)})
         except Exception as error:  # warm-up is an optimisation: requests fall back to Milvus

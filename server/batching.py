@@ -20,13 +20,18 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.observability import BATCH_SIZE
-from server.pipeline.common import Encoders, Hit, Searcher
-from server.vector_store import Filters
+from server.pipeline.common import Encoders, Searcher
+from server.vector_store import Filters, Hit
 
+Key = TypeVar("Key", bound=Hashable)
 Call = TypeVar("Call")
 Result = TypeVar("Result")
+Scalar = TypeVar("Scalar", bound=np.generic)
+Vectors = NDArray[np.float32]
+SearchKey = tuple[str, Filters, tuple[str, ...]]  # collection, filters, output fields
 
 
 @dataclass
@@ -36,24 +41,24 @@ class _Pending(Generic[Call, Result]):
 
 
 @dataclass
-class Coalescer(Generic[Call, Result]):
+class Coalescer(Generic[Key, Call, Result]):
     """Runs `run_batch(key, calls)` (returning one result per call, in order) for queued calls."""
 
-    run_batch: Callable[[Hashable, list[Call]], Awaitable[list[Result]]]
+    run_batch: Callable[[Key, list[Call]], Awaitable[list[Result]]]
     name: str  # the `call` label of the recstack_coalesced_calls metric
     max_batch: int = 32
     max_in_flight: int = 2
-    _queues: dict[Hashable, deque[_Pending[Call, Result]]] = field(default_factory=lambda: defaultdict(deque))
-    _in_flight: dict[Hashable, int] = field(default_factory=lambda: defaultdict(int))
-    _tasks: set[asyncio.Task] = field(default_factory=set)
+    _queues: dict[Key, deque[_Pending[Call, Result]]] = field(default_factory=lambda: defaultdict(deque))
+    _in_flight: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def submit(self, key: Hashable, call: Call) -> Result:
+    async def submit(self, key: Key, call: Call) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queues[key].append(_Pending(call, future))
         self._dispatch(key)
         return await future
 
-    def _dispatch(self, key: Hashable) -> None:
+    def _dispatch(self, key: Key) -> None:
         queue = self._queues[key]
         while queue and self._in_flight[key] < self.max_in_flight:
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
@@ -66,7 +71,7 @@ class Coalescer(Generic[Call, Result]):
             self._tasks.add(task)  # keep a reference until it finishes
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, key: Hashable, batch: list[_Pending[Call, Result]]) -> None:
+    async def _run(self, key: Key, batch: list[_Pending[Call, Result]]) -> None:
         try:
             results = await self.run_batch(key, [p.call for p in batch])
         except Exception as error:
@@ -86,7 +91,7 @@ class Coalescer(Generic[Call, Result]):
 
 @dataclass(frozen=True)
 class _Search:
-    vectors: np.ndarray  # [nq, dim]
+    vectors: NDArray[np.float32]  # [nq, dim]
     limit: int
     timeout: float | None
 
@@ -100,23 +105,23 @@ class BatchedSearch:
 
     def __init__(self, store: Searcher, max_batch: int, max_in_flight: int) -> None:
         self.store = store
-        self._coalescer: Coalescer[_Search, list[list[Hit]]] = Coalescer(
+        self._coalescer: Coalescer[SearchKey, _Search, list[list[Hit]]] = Coalescer(
             self._run, "milvus.search", max_batch, max_in_flight
         )
 
     async def search(
         self,
         collection: str,
-        vectors: np.ndarray,
+        vectors: NDArray[np.float32],
         limit: int,
         filters: Filters | None = None,
         output_fields: Sequence[str] = (),
         timeout: float | None = None,
     ) -> list[list[Hit]]:
-        key = (collection, filters or Filters(), tuple(output_fields))
+        key: SearchKey = (collection, filters or Filters(), tuple(output_fields))
         return await self._coalescer.submit(key, _Search(vectors, limit, timeout))
 
-    async def _run(self, key: Hashable, calls: list[_Search]) -> list[list[list[Hit]]]:
+    async def _run(self, key: SearchKey, calls: list[_Search]) -> list[list[list[Hit]]]:
         collection, filters, fields = key
         hits = await self.store.search(
             collection,
@@ -126,7 +131,8 @@ class BatchedSearch:
             fields,
             _earliest(calls),
         )
-        results, start = [], 0
+        results: list[list[list[Hit]]] = []
+        start = 0
         for call in calls:
             rows = hits[start : start + len(call.vectors)]
             results.append([row[: call.limit] for row in rows])
@@ -136,8 +142,8 @@ class BatchedSearch:
 
 @dataclass(frozen=True)
 class _Users:
-    history: np.ndarray  # [b, H, D]
-    mask: np.ndarray  # [b, H]
+    history: NDArray[np.float32]  # [b, H, D]
+    mask: NDArray[np.int64]  # [b, H]
     timeout: float | None
 
 
@@ -155,34 +161,38 @@ class BatchedEncoders:
 
     def __init__(self, encoders: Encoders, max_rows: int, max_in_flight: int) -> None:
         self.encoders = encoders
-        self._users: Coalescer[_Users, np.ndarray] = Coalescer(self._run_users, "triton.users", max_rows, max_in_flight)
-        self._texts: Coalescer[_Texts, np.ndarray] = Coalescer(self._run_texts, "triton.texts", max_rows, max_in_flight)
+        self._users: Coalescer[str, _Users, Vectors] = Coalescer(
+            self._run_users, "triton.users", max_rows, max_in_flight
+        )
+        self._texts: Coalescer[str, _Texts, Vectors] = Coalescer(
+            self._run_texts, "triton.texts", max_rows, max_in_flight
+        )
 
-    async def encode_users(self, history: np.ndarray, mask: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+    async def encode_users(self, history: Vectors, mask: NDArray[np.int64], timeout_s: float | None = None) -> Vectors:
         return await self._users.submit("users", _Users(history, mask, timeout_s))
 
-    async def encode_texts(self, text_field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray:
+    async def encode_texts(self, text_field: str, texts: list[str], timeout_s: float | None = None) -> Vectors:
         return await self._texts.submit(text_field, _Texts(texts, timeout_s))
 
-    async def _run_users(self, _key: Hashable, calls: list[_Users]) -> list[np.ndarray]:
+    async def _run_users(self, _key: str, calls: list[_Users]) -> list[Vectors]:
         width = max(c.mask.shape[1] for c in calls)
         history = np.concatenate([_pad(c.history, width) for c in calls])
         mask = np.concatenate([_pad(c.mask, width) for c in calls])
         return _split(await self.encoders.encode_users(history, mask, _earliest(calls)), [len(c.mask) for c in calls])
 
-    async def _run_texts(self, text_field: Hashable, calls: list[_Texts]) -> list[np.ndarray]:
+    async def _run_texts(self, text_field: str, calls: list[_Texts]) -> list[Vectors]:
         texts = [text for c in calls for text in c.texts]
         vectors = await self.encoders.encode_texts(text_field, texts, _earliest(calls))
         return _split(vectors, [len(c.texts) for c in calls])
 
 
-def _pad(array: np.ndarray, width: int) -> np.ndarray:
+def _pad(array: NDArray[Scalar], width: int) -> NDArray[Scalar]:
     """Zero-pad dim 1 (history length) to `width`; masked slots never change a user vector."""
     padding = [(0, 0), (0, width - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, padding)
 
 
-def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+def _split(rows: Vectors, sizes: list[int]) -> list[Vectors]:
     return np.split(rows, np.cumsum(sizes)[:-1])
 
 

@@ -27,7 +27,7 @@ class HealthMonitor:
         self.servicer = health.aio.HealthServicer()
         self.probes = probes
         self.interval_s = interval_s
-        self.groups = {
+        self.groups: dict[str, list[str]] = {
             SERVICE: [d for d in ("triton", "milvus") if d in probes],
             ANSWER_SERVICE: list(probes),
             "": list(probes),

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from cachetools import TLRUCache
+from numpy.typing import NDArray
 
 from server.observability import ITEM_CACHE
 
@@ -29,7 +30,7 @@ FIELDS = ("vector", "title", "category", "published")
 
 @dataclass(frozen=True, slots=True)
 class CachedNews:
-    vector: np.ndarray
+    vector: NDArray[np.float32]
     title: str
     category: str
     published: int

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
+from structlog.typing import Processor
 
 # 0.25 ms .. 10 s: the gateway's fast paths sit at a few milliseconds, Answer at seconds.
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -55,7 +56,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     Records from libraries' stdlib loggers go through the same renderer; httpx's per-request INFO
     lines (one per LLM health probe) are kept to warnings.
     """
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,

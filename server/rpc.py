@@ -43,6 +43,8 @@ STATUS_BY_ERROR: dict[type[GatewayError], grpc.StatusCode] = {
 }
 
 Response = TypeVar("Response")
+UnaryHandler = Callable[..., Awaitable[Response]]
+StreamHandler = Callable[..., AsyncIterator[Response]]
 
 
 def status_for(error: GatewayError) -> grpc.StatusCode:
@@ -78,10 +80,10 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
         RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
 
 
-def unary(method: str) -> Callable:
+def unary(method: str) -> Callable[[UnaryHandler[Response]], UnaryHandler[Response]]:
     """Decorate an async unary servicer method with `observed`."""
 
-    def decorate(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    def decorate(handler: UnaryHandler[Response]) -> UnaryHandler[Response]:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
             async with observed(method, context):
@@ -92,10 +94,10 @@ def unary(method: str) -> Callable:
     return decorate
 
 
-def server_stream(method: str) -> Callable:
+def server_stream(method: str) -> Callable[[StreamHandler[Response]], StreamHandler[Response]]:
     """Decorate an async-generator servicer method with `observed`."""
 
-    def decorate(handler: Callable[..., AsyncIterator[Response]]) -> Callable[..., AsyncIterator[Response]]:
+    def decorate(handler: StreamHandler[Response]) -> StreamHandler[Response]:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Response]:
             async with observed(method, context):

@@ -11,9 +11,12 @@ The underlying gRPC channel reconnects by itself, so calls succeed again once Tr
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from numpy.typing import NDArray
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
@@ -51,15 +54,22 @@ class TritonEncoders:
     def model_names(self) -> list[str]:
         return [*self._models.values(), self.settings.user_encoder]
 
-    async def encode_texts(self, field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray:
+    async def encode_texts(
+        self, text_field: str, texts: list[str], timeout_s: float | None = None
+    ) -> NDArray[np.float32]:
         """Embeddings [len(texts), D] of titles ("title"), queries ("query") or passages ("passage")."""
-        ids, mask = self.tokenizers[field].encode(texts)
+        ids, mask = self.tokenizers[text_field].encode(texts)
         inputs = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-        return await self._infer(self._models[field], inputs, timeout_s)
+        return await self._infer(self._models[text_field], inputs, timeout_s)
 
-    async def encode_users(self, history: np.ndarray, mask: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+    async def encode_users(
+        self, history: NDArray[np.float32], mask: NDArray[np.int64], timeout_s: float | None = None
+    ) -> NDArray[np.float32]:
         """User vectors [B, D] from clicked-news vectors [B, H, D] and their mask [B, H] (H >= 1)."""
-        inputs = {contract.HISTORY: history.astype(np.float32, copy=False), contract.HISTORY_MASK: mask}
+        inputs: dict[str, NDArray[Any]] = {
+            contract.HISTORY: history.astype(np.float32, copy=False),
+            contract.HISTORY_MASK: mask,
+        }
         return await self._infer(self.settings.user_encoder, inputs, timeout_s)
 
     async def embedding_dims(self) -> dict[str, int]:
@@ -90,7 +100,7 @@ class TritonEncoders:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _infer(self, model: str, inputs: dict[str, np.ndarray], timeout_s: float | None) -> np.ndarray:
+    async def _infer(self, model: str, inputs: dict[str, NDArray[Any]], timeout_s: float | None) -> NDArray[np.float32]:
         request = []
         for name, array in inputs.items():
             tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -103,7 +113,7 @@ class TritonEncoders:
             )
         except InferenceServerException as error:
             raise _mapped(model, error) from error
-        return result.as_numpy(contract.EMBEDDING)
+        return np.asarray(result.as_numpy(contract.EMBEDDING), dtype=np.float32)
 
 
 def _mapped(model: str, error: InferenceServerException) -> Exception:

@@ -16,17 +16,20 @@ from server.item_cache import CachedNews, ItemCache
 from server.llm.prompt import NO_SOURCES_ANSWER
 from server.llm.types import GenerationRequest, TokenChunk
 from server.pipeline.answer import Answerer, Done, Sources, Token
-from server.pipeline.common import Item, RequestContext
+from server.pipeline.common import CatalogClock, Item, RequestContext
 from server.pipeline.ingest import Ingest
 from server.pipeline.recommend import (
     AnnCandidates,
     CatalogView,
     ColdStart,
+    ExcludeSeen,
     HistoryVectors,
+    MmrOrder,
     Recommender,
+    RecommendState,
+    Timed,
     UserVector,
-    exclude_seen,
-    mmr_order,
+    personal_stages,
 )
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import AnswerQuery, HistoryEntry, NewsRecord, RecommendQuery
@@ -119,14 +122,20 @@ def store() -> FakeStore:
     return FakeStore(rows={"news": rows})
 
 
-def recommender(store: FakeStore, cache: ItemCache, encoders: FakeEncoders) -> Recommender:
+def recommender(
+    store: FakeStore, cache: ItemCache, encoders: FakeEncoders, clock: CatalogClock | None = None
+) -> Recommender:
     catalog = CatalogView(cache, store, "news")
     return Recommender(
         HistoryVectors(catalog, encoders, max_history=3),
         UserVector(encoders),
-        AnnCandidates(store, catalog),
-        ColdStart(store, "news", window_days=1, pool=100),
+        personal_stages(AnnCandidates(store, catalog)),
+        [ColdStart(store, "news", clock or CatalogClock(), window_days=1, pool=100)],
     )
+
+
+def state(k: int, diversity: float = 0.0, exclude: frozenset[str] = frozenset()) -> RecommendState:
+    return RecommendState(RecommendQuery("u", (), k, Filters(), bool(exclude), diversity), exclude)
 
 
 async def test_history_comes_from_memory_first_then_milvus_then_titles(store: FakeStore) -> None:
@@ -168,8 +177,9 @@ async def test_no_usable_history_is_a_cold_start_of_popular_recent_items(store: 
     store.rows["news"]["b"].update(popularity=9.0, published=1 * day)  # popular but old
     store.rows["news"]["c"].update(popularity=1.0, published=10 * day)
     store.rows["news"]["d"].update(popularity=0.0, published=2 * day)
-    rec = recommender(store, ItemCache(10, 60), FakeEncoders())  # window: 1 day
-    rec.cold_start.observe(10 * day)
+    clock = CatalogClock()
+    rec = recommender(store, ItemCache(10, 60), FakeEncoders(), clock)  # window: 1 day
+    clock.observe(10 * day)
     query = RecommendQuery("new", (HistoryEntry("not-in-catalog", ""),), 2, Filters(), True, 0)
     result = await rec(query, ctx())
     assert result.cold_start and result.history_used == 0
@@ -178,14 +188,83 @@ async def test_no_usable_history_is_a_cold_start_of_popular_recent_items(store: 
     assert [i.item_id for i in more.items][:3] == ["a", "c", "b"]  # older items fill up when too few
 
 
-def test_mmr_without_diversity_keeps_relevance_order_and_with_it_avoids_near_duplicates() -> None:
+async def test_mmr_without_diversity_keeps_relevance_order_and_with_it_avoids_near_duplicates() -> None:
     def item(name: str, score: float, vector: list[float]) -> Item:
         return Item(name, score, vector=np.asarray(vector, dtype=np.float32))
 
     items = [item("top", 3.0, [1, 0]), item("twin", 2.9, [1, 0.01]), item("other", 2.0, [0, 1])]
-    assert [i.item_id for i in mmr_order(items, 2, 0.0)] == ["top", "twin"]
-    assert [i.item_id for i in mmr_order(items, 2, 0.7)] == ["top", "other"]
-    assert [i.item_id for i in exclude_seen(items, {"twin"})] == ["top", "other"]
+    assert [i.item_id for i in await MmrOrder()(items, state(2, 0.0), ctx())] == ["top", "twin"]
+    assert [i.item_id for i in await MmrOrder()(items, state(2, 0.7), ctx())] == ["top", "other"]
+    seen = state(3, exclude=frozenset({"twin"}))
+    assert [i.item_id for i in await ExcludeSeen()(items, seen, ctx())] == ["top", "other"]
+
+
+async def test_recommend_stage_timings_name_each_dependency_call_and_one_rank_step(store: FakeStore) -> None:
+    rec = recommender(store, ItemCache(10, 60), FakeEncoders())
+    context = ctx()
+    await rec(RecommendQuery("u", (HistoryEntry("a", ""),), 2, Filters(), True, 0.5), context)
+    assert [name for name, _ in context.timer.stages] == [
+        "milvus.get_history",
+        "triton.user_encoder",
+        "milvus.search",
+        "milvus.get_candidates",
+        "rank",
+    ]
+    assert ("search", 2 * 4 + 1) in store.calls  # MMR's wider pool plus the seen item
+
+
+@dataclass
+class NewestFirst:
+    """A custom ordering stage: most recently published first; records the state it was given."""
+
+    seen_states: list[RecommendState] = field(default_factory=list)
+
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        self.seen_states.append(state)
+        return sorted(candidates, key=lambda item: -item.published)[: state.query.k]
+
+
+async def test_a_custom_stage_sequence_composes_each_output_into_the_next_input(store: FakeStore) -> None:
+    cache, encoders = ItemCache(10, 60), FakeEncoders()
+    catalog = CatalogView(cache, store, "news")
+    newest_first = NewestFirst()
+    stages = [AnnCandidates(store, catalog), Timed("filter", [ExcludeSeen()]), newest_first]
+    rec = Recommender(HistoryVectors(catalog, encoders, 3), UserVector(encoders), stages, [])
+    context = ctx()
+    result = await rec(RecommendQuery("u", (HistoryEntry("a", ""),), 3, Filters(), True, 0), context)
+    assert [i.item_id for i in result.items] == ["c", "b", "d"]  # a is seen; the rest newest first
+    (given,) = newest_first.seen_states
+    assert given.exclude == {"a"} and given.user is not None and given.query.k == 3
+    assert [name for name, _ in context.timer.stages][-1] == "filter"  # Timed wraps its inner stages
+
+
+async def test_cold_start_runs_its_own_stage_sequence_without_a_user_vector(store: FakeStore) -> None:
+    cache, encoders = ItemCache(10, 60), FakeEncoders()
+    newest_first = NewestFirst()
+    catalog = CatalogView(cache, store, "news")
+    rec = Recommender(HistoryVectors(catalog, encoders, 3), UserVector(encoders), [], [newest_first])
+    result = await rec(RecommendQuery("new", (), 2, Filters(), True, 0), ctx())
+    assert result.cold_start and result.items == [] and newest_first.seen_states[0].user is None
+    assert encoders.calls == []  # no user vector is computed for a cold start
+
+
+def test_the_catalog_clock_keeps_the_newest_instant_it_has_seen() -> None:
+    clock = CatalogClock()
+    for published in (300, 100, 500, 400):
+        clock.observe(published)
+    assert clock.newest_published == 500
+
+
+async def test_items_ingested_move_the_clock_cold_start_reads(store: FakeStore) -> None:
+    day = 86_400
+    clock, cache, encoders = CatalogClock(), ItemCache(10, 60), FakeEncoders()
+    rec = recommender(store, cache, encoders, clock)  # every fixture item is 0-300 s old: recent at first
+    ingest = Ingest(encoders, store, cache, clock, "news", "passages", encode_batch=8)
+    await ingest.upsert_news([NewsRecord("fresh", "fresh news", "c", "", "", 30 * day, 0.0)], ctx())
+    result = await rec(RecommendQuery("new", (), 1, Filters(categories=("x", "y")), True, 0), ctx())
+    first_query = next(filters for name, filters in store.calls if name == "query")
+    assert clock.newest_published == 30 * day and first_query.published_after == 29 * day
+    assert [i.item_id for i in result.items] == ["c"]  # nothing in x/y is recent: older items fill up
 
 
 async def test_search_encodes_the_query_and_returns_passages_with_their_fields() -> None:
@@ -211,13 +290,13 @@ class SearchQueryFactory:
 
 async def test_ingest_encodes_in_chunks_writes_milvus_and_updates_memory(store: FakeStore) -> None:
     cache, encoders = ItemCache(10, 60), FakeEncoders()
-    cold = ColdStart(store, "news", 1, 10)
-    ingest = Ingest(encoders, store, cache, cold, "news", "passages", encode_batch=2)
+    clock = CatalogClock()
+    ingest = Ingest(encoders, store, cache, clock, "news", "passages", encode_batch=2)
     records = [NewsRecord(f"n{i}", f"title {i}", "c", "", "", 1000 + i, 0.0) for i in range(5)]
     assert await ingest.upsert_news(records, ctx()) == 5
     assert encoders.calls == [("title", 2), ("title", 2), ("title", 1)]
     assert set(store.rows["news"]) >= {f"n{i}" for i in range(5)}
-    assert cache.lookup(["n4"])[1] == [] and cold.newest_published == 1004
+    assert cache.lookup(["n4"])[1] == [] and clock.newest_published == 1004
     assert await ingest.delete(["n4", "missing"], [], ctx()) == (1, 0)
     assert cache.lookup(["n4"])[1] == ["n4"]
 

@@ -25,7 +25,7 @@ import abc
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -105,7 +105,7 @@ class StreamingHTTPClient(abc.ABC):
     def _temperature(self, request: GenerationRequest) -> float:
         return self.settings.temperature if request.temperature is None else request.temperature
 
-    async def stream(self, request: GenerationRequest, *, timeout_s: float) -> AsyncIterator[TokenChunk]:
+    async def stream(self, request: GenerationRequest, *, timeout_s: float) -> AsyncGenerator[TokenChunk, None]:
         """See `LLMClient.stream`: text chunks, then one final chunk; `timeout_s` bounds it all."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         with _mapped_errors(self.settings.url):

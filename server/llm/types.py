@@ -6,7 +6,7 @@ final chunk (empty `text`, `finish_reason` set, token counts when the server rep
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -44,7 +44,7 @@ class TokenChunk:
 class LLMClient(Protocol):
     """A streaming chat client. Errors are `server.errors` classes with dependency "llm"."""
 
-    def stream(self, request: GenerationRequest, *, timeout_s: float) -> AsyncIterator[TokenChunk]:
+    def stream(self, request: GenerationRequest, *, timeout_s: float) -> AsyncGenerator[TokenChunk, None]:
         """Chunks as the server produces them; `timeout_s` bounds the whole generation.
 
         Consume it inside `contextlib.aclosing(...)` (or let cancellation reach it): closing the

@@ -93,7 +93,7 @@ class Answerer:
         completion_tokens = (final.completion_tokens if final else None) or len(parts)
         yield Done(
             text="".join(parts),
-            finish_reason=final.finish_reason if final else "stop",
+            finish_reason=(final.finish_reason if final else None) or "stop",
             prompt_tokens=(final.prompt_tokens if final else None) or 0,
             completion_tokens=completion_tokens,
             retrieval_ms=retrieval_ms,

@@ -1,21 +1,24 @@
-"""What the pipeline stages share: the request context, result items, and the two ports they call.
+"""What the pipeline stages share: the request context, result items, the catalog clock, and the
+ports they call.
 
-Stages depend on these Protocols, not on Triton or Milvus, so each stage is testable with fakes
-and the same stages run against Milvus Lite, a standalone server or a cluster.
+Stages depend on the ports (Protocols named for what they do), not on the adapters that implement
+them over Triton or Milvus, so each stage is testable with fakes and the same stages run against
+Milvus Lite, a standalone server or a cluster.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.errors import DependencyTimeout
 from server.observability import StageTimer
-from server.vector_store import Filters
+from server.vector_store import Filters, Hit
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Item:
     published: int = 0
     text: str = ""
     doc_id: str = ""
-    vector: np.ndarray | None = None
+    vector: NDArray[np.float32] | None = None
 
     @classmethod
     def from_row(cls, item_id: str, score: float, row: dict[str, Any]) -> Item:
@@ -64,19 +67,40 @@ class Item:
         )
 
 
-class Hit(Protocol):
-    id: str
-    score: float
-    fields: dict[str, Any]
+def first_row(rows: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Row 0 of a [N, D] batch as a [D] vector (numpy's stubs type an integer index as Any)."""
+    row: NDArray[np.float32] = rows[0]
+    return row
+
+
+class CatalogClock:
+    """The news catalog's newest publication instant (unix seconds), ColdStart's notion of "now".
+
+    Built once per gateway and passed explicitly: the cache warm-up feeds it every stored row, ingest
+    every upserted one; it never moves back (a deletion leaves it where it was), so "recent" does not
+    depend on the wall clock and a replayed 2017 catalog works too.
+    """
+
+    def __init__(self) -> None:
+        self.newest_published = 0
+
+    def observe(self, published: int) -> None:
+        self.newest_published = max(self.newest_published, published)
+
+
+# ---- ports: what the stages call, each implemented by an adapter elsewhere --------------------------
+#   Searcher     ANN search                  server.vector_store.VectorStore, server.batching.BatchedSearch
+#   VectorIndex  Searcher + rows by id/filter server.vector_store.VectorStore
+#   Encoders     Triton-served embeddings    server.triton.TritonEncoders, server.batching.BatchedEncoders
 
 
 class Searcher(Protocol):
-    """ANN search (`server.vector_store.VectorStore`, or `server.batching.BatchedSearch` over it)."""
+    """ANN search: top-`limit` hits by inner product for each row of `vectors`, best first."""
 
     async def search(
         self,
         collection: str,
-        vectors: np.ndarray,
+        vectors: NDArray[np.float32],
         limit: int,
         filters: Filters | None = None,
         output_fields: Sequence[str] = (),
@@ -84,11 +108,11 @@ class Searcher(Protocol):
     ) -> list[list[Hit]]: ...
 
 
-class VectorStore(Searcher, Protocol):
-    """The Milvus operations the stages need (implemented by `server.vector_store.VectorStore`)."""
+class VectorIndex(Searcher, Protocol):
+    """The vector database operations the stages need: search, reads by id or filter, writes."""
 
     async def get(
-        self, collection: str, ids: Sequence[str], output_fields: Sequence[str] = (), timeout: float | None = None
+        self, collection: str, ids: Sequence[str], fields: Sequence[str] = (), timeout: float | None = None
     ) -> dict[str, dict[str, Any]]: ...
 
     async def query(
@@ -100,20 +124,23 @@ class VectorStore(Searcher, Protocol):
         timeout: float | None = None,
     ) -> list[dict[str, Any]]: ...
 
-    async def upsert(self, collection: str, rows: list[dict[str, Any]], timeout: float | None = None) -> int: ...
+    async def upsert(self, collection: str, rows: Sequence[Mapping[str, Any]], timeout: float | None = None) -> int: ...
 
     async def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> int: ...
 
     def iterate(
-        self, collection: str, output_fields: Sequence[str], batch_size: int = 1000
-    ) -> AsyncIterator[list[dict[str, Any]]]: ...
+        self, collection: str, fields: Sequence[str] = (), batch_size: int | None = None, timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every row of `collection` with `fields`, one dict per row (an async generator)."""
 
 
 class Encoders(Protocol):
-    """The Triton-served encoders (implemented by `server.triton.TritonEncoders`)."""
+    """The embedding models: texts of one field ("title", "query", "passage") and click histories."""
 
-    async def encode_texts(self, field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray: ...
+    async def encode_texts(
+        self, text_field: str, texts: list[str], timeout_s: float | None = None
+    ) -> NDArray[np.float32]: ...
 
     async def encode_users(
-        self, history: np.ndarray, mask: np.ndarray, timeout_s: float | None = None
-    ) -> np.ndarray: ...
+        self, history: NDArray[np.float32], mask: NDArray[np.int64], timeout_s: float | None = None
+    ) -> NDArray[np.float32]: ...

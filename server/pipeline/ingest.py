@@ -1,5 +1,5 @@
 """UpsertItems / DeleteItems: encode items on Triton, write vectors and fields to Milvus, keep the
-in-memory item vectors and the cold-start clock in step with what was written.
+in-memory item vectors and the catalog clock in step with what was written.
 
 Writes are idempotent (Milvus upsert keyed by id). A call is acknowledged only after Milvus has
 accepted every row, so an acknowledged write is durable (the vector store's write path) and is
@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.item_cache import CachedNews, ItemCache
-from server.pipeline.common import Encoders, RequestContext, VectorStore
-from server.pipeline.recommend import ColdStart
+from server.pipeline.common import CatalogClock, Encoders, RequestContext, VectorIndex
 from server.requests import NewsRecord, PassageRecord
 
 
@@ -24,14 +24,14 @@ class Ingest:
     def __init__(
         self,
         encoders: Encoders,
-        store: VectorStore,
+        store: VectorIndex,
         cache: ItemCache,
-        cold_start: ColdStart,
+        clock: CatalogClock,
         news_collection: str,
         passage_collection: str,
         encode_batch: int,
     ) -> None:
-        self.encoders, self.store, self.cache, self.cold_start = encoders, store, cache, cold_start
+        self.encoders, self.store, self.cache, self.clock = encoders, store, cache, clock
         self.news_collection, self.passage_collection = news_collection, passage_collection
         self.encode_batch = encode_batch
 
@@ -55,7 +55,7 @@ class Ingest:
             written = await self.store.upsert(self.news_collection, rows, ctx.remaining("milvus"))
         self.cache.store({row["id"]: CachedNews.from_row(row) for row in rows})
         for record in records:
-            self.cold_start.observe(record.published)
+            self.clock.observe(record.published)
         return written
 
     async def upsert_passages(self, records: Sequence[PassageRecord], ctx: RequestContext) -> int:
@@ -90,10 +90,10 @@ class Ingest:
                 )
         return news_deleted, passages_deleted
 
-    async def _encode(self, field: str, stage: str, texts: list[str], ctx: RequestContext) -> np.ndarray:
-        chunks = []
+    async def _encode(self, text_field: str, stage: str, texts: list[str], ctx: RequestContext) -> NDArray[np.float32]:
+        chunks: list[NDArray[np.float32]] = []
         with ctx.timer.stage(stage):
             for start in range(0, len(texts), self.encode_batch):
                 chunk = texts[start : start + self.encode_batch]
-                chunks.append(await self.encoders.encode_texts(field, chunk, ctx.remaining("triton")))
+                chunks.append(await self.encoders.encode_texts(text_field, chunk, ctx.remaining("triton")))
         return np.concatenate(chunks)

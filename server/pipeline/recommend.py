@@ -2,41 +2,69 @@
 
     HistoryVectors   clicked ids -> vectors (memory, then Milvus); unknown ids with a title -> Triton
     UserVector       Triton's NRMS user encoder over those vectors
+  candidate stages (`CandidateStage`: candidates + request state in, candidates out):
     AnnCandidates    Milvus top-N by inner product (= NRMS click score), request filters applied
     ExcludeSeen      drop what the user already clicked
     MmrOrder         optional diversity: maximal marginal relevance over candidate vectors
     ColdStart        no usable history: popular items among the most recent ones, matching the filters
+    Timed            runs inner stages as one named stage of the request's timings
 
-`Recommender` composes them; each is usable and testable on its own.
+`Recommender` runs one sequence of candidate stages for users with history (`personal_stages()`)
+and another for users without (`[ColdStart]`); each stage is usable and testable on its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
-from server.pipeline.common import Encoders, Item, RequestContext, Searcher, VectorStore
+from server.pipeline.common import CatalogClock, Encoders, Item, RequestContext, Searcher, VectorIndex, first_row
 from server.requests import HistoryEntry, RecommendQuery
-from server.vector_store import Filters
 
 NEWS_FIELDS = ("title", "category", "published")
 SECONDS_PER_DAY = 86_400
+MMR_POOL_FACTOR = 4  # MMR picks k of this many times k candidates
 
 
 @dataclass
 class History:
-    vectors: np.ndarray  # [H, D], oldest first
+    vectors: NDArray[np.float32]  # [H, D], oldest first
     seen: set[str]  # every id the request named, used or not
+
+
+@dataclass(frozen=True)
+class RecommendState:
+    """What candidate stages know of the request: the query, the ids to leave out, the user vector
+    (None for a cold start, which has none)."""
+
+    query: RecommendQuery
+    exclude: frozenset[str]
+    user: NDArray[np.float32] | None = None
+
+    @property
+    def candidate_pool(self) -> int:
+        """How many candidates the ordering should choose k from: MMR picks k of a wider pool; without
+        it the top k (after dropping seen items) is the answer."""
+        return self.query.k * MMR_POOL_FACTOR if self.query.diversity > 0 else self.query.k
+
+
+class CandidateStage(Protocol):
+    """One Recommend step over the candidate list: retrieve (ignores the incoming list, empty at the
+    start), filter, score or order."""
+
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]: ...
 
 
 class CatalogView:
     """News entries by id: from the gateway's memory first, the rest fetched from Milvus (and remembered)."""
 
-    def __init__(self, cache: ItemCache, store: VectorStore, collection: str) -> None:
+    def __init__(self, cache: ItemCache, store: VectorIndex, collection: str) -> None:
         self.cache, self.store, self.collection = cache, store, collection
 
     async def entries(self, ids: Sequence[str], stage: str, ctx: RequestContext) -> dict[str, CachedNews]:
@@ -60,7 +88,9 @@ class HistoryVectors:
         seen = {e.item_id for e in entries if e.item_id}
         recent = [e for e in entries if e.item_id or e.title][-self.max_history :]
         known = await self.catalog.entries(sorted({e.item_id for e in recent if e.item_id}), "milvus.get_history", ctx)
-        vectors: list[np.ndarray | None] = [known[e.item_id].vector if e.item_id in known else None for e in recent]
+        vectors: list[NDArray[np.float32] | None] = [
+            known[e.item_id].vector if e.item_id in known else None for e in recent
+        ]
         untitled = [i for i, e in enumerate(recent) if vectors[i] is None and e.title]
         if untitled:  # ids the catalog does not know, but with a title: encode the title
             with ctx.timer.stage("triton.news_encoder"):
@@ -77,27 +107,27 @@ class UserVector:
     def __init__(self, encoders: Encoders) -> None:
         self.encoders = encoders
 
-    async def __call__(self, history: np.ndarray, ctx: RequestContext) -> np.ndarray:
+    async def __call__(self, history: NDArray[np.float32], ctx: RequestContext) -> NDArray[np.float32]:
         mask = np.ones((1, history.shape[0]), dtype=np.int64)
         with ctx.timer.stage("triton.user_encoder"):
             users = await self.encoders.encode_users(history[None], mask, ctx.remaining("triton"))
-        return users[0]
+        return first_row(users)
 
 
 class AnnCandidates:
-    """Top candidates by inner product (ids and scores from Milvus, the rest from the catalog view);
-    asks for enough extra to survive ExcludeSeen."""
+    """Top candidates by inner product with the user vector (ids and scores from Milvus, the rest from
+    the catalog view); asks for enough extra to survive ExcludeSeen."""
 
     def __init__(self, searcher: Searcher, catalog: CatalogView, max_limit: int = 16_384) -> None:
         self.searcher, self.catalog, self.max_limit = searcher, catalog, max_limit
 
-    async def __call__(
-        self, user: np.ndarray, k: int, filters: Filters, exclude: int, ctx: RequestContext
-    ) -> list[Item]:
-        limit = min(self.max_limit, k + exclude)
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        if state.user is None:
+            raise ValueError("AnnCandidates needs the request's user vector")
+        limit = min(self.max_limit, state.candidate_pool + len(state.exclude))
         with ctx.timer.stage("milvus.search"):
             (hits,) = await self.searcher.search(
-                self.catalog.collection, user[None], limit, filters, (), ctx.remaining("milvus")
+                self.catalog.collection, state.user[None], limit, state.query.filters, (), ctx.remaining("milvus")
             )
         entries = await self.catalog.entries([hit.id for hit in hits], "milvus.get_candidates", ctx)
         return [
@@ -107,18 +137,27 @@ class AnnCandidates:
         ]
 
 
-def exclude_seen(items: list[Item], seen: set[str]) -> list[Item]:
-    return [item for item in items if item.item_id not in seen]
+class ExcludeSeen:
+    """Drops the candidates the request asked to leave out (the ids it named, when `exclude_seen`)."""
+
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        return [item for item in candidates if item.item_id not in state.exclude]
 
 
-def mmr_order(items: list[Item], k: int, diversity: float) -> list[Item]:
-    """Greedy maximal marginal relevance: relevance (1 - diversity) vs cosine redundancy (diversity).
-
-    With diversity 0 this is the relevance order. Scores stay the NRMS click scores.
+class MmrOrder:
+    """Picks the request's k: greedy maximal marginal relevance, relevance (1 - diversity) vs cosine
+    redundancy (diversity). With diversity 0 this is the relevance order. Scores stay the NRMS click scores.
     """
-    if diversity <= 0 or len(items) <= 1:
-        return items[:k]
-    vectors = np.stack([item.vector for item in items]).astype(np.float32)
+
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        k, diversity = state.query.k, state.query.diversity
+        if diversity <= 0 or len(candidates) <= 1:
+            return candidates[:k]
+        return [candidates[i] for i in _mmr_picks(candidates, k, diversity)]
+
+
+def _mmr_picks(items: list[Item], k: int, diversity: float) -> list[int]:
+    vectors = np.stack([_vector(item) for item in items]).astype(np.float32)
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     relevance = np.array([item.score for item in items])
     spread = relevance.max() - relevance.min()
@@ -133,44 +172,71 @@ def mmr_order(items: list[Item], k: int, diversity: float) -> list[Item]:
         chosen.append(best)
         remaining[best] = False
         redundancy = np.maximum(redundancy, unit @ unit[best])
-    return [items[i] for i in chosen]
+    return chosen
+
+
+def _vector(item: Item) -> NDArray[np.float32]:
+    if item.vector is None:
+        raise ValueError(f"candidate {item.item_id!r} has no vector to diversify by")
+    return item.vector
+
+
+class Timed:
+    """Runs `stages` in order as one named stage of the request's timings."""
+
+    def __init__(self, name: str, stages: Sequence[CandidateStage]) -> None:
+        self.name, self.stages = name, stages
+
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        with ctx.timer.stage(self.name):
+            return await run_stages(self.stages, candidates, state, ctx)
+
+
+async def run_stages(
+    stages: Sequence[CandidateStage], candidates: list[Item], state: RecommendState, ctx: RequestContext
+) -> list[Item]:
+    """Each stage's output is the next one's input."""
+    for stage in stages:
+        candidates = await stage(candidates, state, ctx)
+    return candidates
+
+
+def personal_stages(candidates: AnnCandidates) -> list[CandidateStage]:
+    """Recommend for a user with history: ANN candidates, then drop seen and order, timed as `rank`."""
+    return [candidates, Timed("rank", [ExcludeSeen(), MmrOrder()])]
 
 
 class ColdStart:
     """The answer for users without usable history: the most popular of the recent items.
 
-    Recent = published within `window_days` of the newest item in the catalog (so the answer does not
-    depend on the wall clock; a replayed 2017 catalog works too). Milvus (2.3) has no ORDER BY on scalar
-    fields, so up to `pool` matching rows are read and ranked here by popularity, then recency; size
-    `window_days` so the window holds fewer than `pool` items. If the window has fewer than k items,
-    older ones fill the rest.
+    Recent = published within `window_days` of the catalog clock's newest item (so the answer does not
+    depend on the wall clock). Milvus (2.3) has no ORDER BY on scalar fields, so up to `pool` matching
+    rows are read and ranked here by popularity, then recency; size `window_days` so the window holds
+    fewer than `pool` items. If the window has fewer than k items, older ones fill the rest. A
+    retrieval stage: the incoming candidates are ignored.
     """
 
-    def __init__(self, store: VectorStore, collection: str, window_days: float, pool: int) -> None:
-        self.store, self.collection = store, collection
+    def __init__(self, store: VectorIndex, collection: str, clock: CatalogClock, window_days: float, pool: int) -> None:
+        self.store, self.collection, self.clock = store, collection, clock
         self.window_s = int(window_days * SECONDS_PER_DAY)
         self.pool = pool
-        self.newest_published = 0
 
-    def observe(self, published: int) -> None:
-        """Track the catalog's newest publication time (fed by warm-up and by every upsert)."""
-        self.newest_published = max(self.newest_published, published)
-
-    async def __call__(self, k: int, filters: Filters, exclude: set[str], ctx: RequestContext) -> list[Item]:
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        k, filters = state.query.k, state.query.filters
         fields = (*NEWS_FIELDS, "popularity")
-        cutoff = self.newest_published - self.window_s
+        cutoff = self.clock.newest_published - self.window_s
         recent = replace(filters, published_after=max(filters.published_after or 0, cutoff))
         with ctx.timer.stage("milvus.cold_start"):
             rows = await self.store.query(self.collection, recent, fields, self.pool, ctx.remaining("milvus"))
-            ranked = self._rank(rows, exclude)
+            ranked = self._rank(rows, state.exclude)
             if len(ranked) < k and recent != filters:
                 older = await self.store.query(self.collection, filters, fields, self.pool, ctx.remaining("milvus"))
                 known = {item.item_id for item in ranked}
-                ranked += [item for item in self._rank(older, exclude) if item.item_id not in known]
+                ranked += [item for item in self._rank(older, state.exclude) if item.item_id not in known]
         return ranked[:k]
 
     @staticmethod
-    def _rank(rows: list[dict], exclude: set[str]) -> list[Item]:
+    def _rank(rows: list[dict[str, Any]], exclude: frozenset[str]) -> list[Item]:
         rows = [row for row in rows if row["id"] not in exclude]
         rows.sort(key=lambda row: (row.get("popularity", 0.0), row.get("published", 0)), reverse=True)
         return [Item.from_row(row["id"], float(row.get("popularity", 0.0)), row) for row in rows]
@@ -184,28 +250,25 @@ class Recommendation:
 
 
 class Recommender:
-    """The Recommend pipeline, composed from the stages above."""
+    """The Recommend pipeline: history and user vector, then `personal` candidate stages, or the
+    `cold_start` ones when no history is usable."""
 
     def __init__(
         self,
         history: HistoryVectors,
         user: UserVector,
-        candidates: AnnCandidates,
-        cold_start: ColdStart,
+        personal: Sequence[CandidateStage],
+        cold_start: Sequence[CandidateStage],
     ) -> None:
-        self.history, self.user, self.candidates, self.cold_start = history, user, candidates, cold_start
+        self.history, self.user, self.personal, self.cold_start = history, user, personal, cold_start
 
     async def __call__(self, query: RecommendQuery, ctx: RequestContext) -> Recommendation:
         history = await self.history(query.history, ctx)
-        exclude = history.seen if query.exclude_seen else set()
-        if history.vectors.shape[0] == 0:
-            items = await self.cold_start(query.k, query.filters, exclude, ctx)
+        exclude = frozenset(history.seen if query.exclude_seen else ())
+        used = history.vectors.shape[0]
+        if used == 0:
+            items = await run_stages(self.cold_start, [], RecommendState(query, exclude), ctx)
             return Recommendation(items, cold_start=True, history_used=0)
-        user = await self.user(history.vectors, ctx)
-        diversify = query.diversity > 0
-        # MMR picks k of a wider pool; without it the top k (after dropping seen items) is the answer.
-        pool = query.k * 4 if diversify else query.k
-        items = await self.candidates(user, pool, query.filters, len(exclude), ctx)
-        with ctx.timer.stage("rank"):
-            items = mmr_order(exclude_seen(items, exclude), query.k, query.diversity)
-        return Recommendation(items, cold_start=False, history_used=history.vectors.shape[0])
+        state = RecommendState(query, exclude, await self.user(history.vectors, ctx))
+        items = await run_stages(self.personal, [], state, ctx)
+        return Recommendation(items, cold_start=False, history_used=used)

@@ -6,8 +6,9 @@ Passage vectors are L2-normalised, so the inner-product score is the cosine simi
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 
-from server.pipeline.common import Encoders, Item, RequestContext, Searcher
+from server.pipeline.common import Encoders, Item, RequestContext, Searcher, first_row
 from server.requests import SearchQuery
 
 PASSAGE_FIELDS = ("text", "title", "category", "doc_id", "published")
@@ -17,10 +18,10 @@ class QueryVector:
     def __init__(self, encoders: Encoders) -> None:
         self.encoders = encoders
 
-    async def __call__(self, text: str, ctx: RequestContext) -> np.ndarray:
+    async def __call__(self, text: str, ctx: RequestContext) -> NDArray[np.float32]:
         with ctx.timer.stage("triton.query_encoder"):
-            (vector,) = await self.encoders.encode_texts("query", [text], ctx.remaining("triton"))
-        return vector
+            vectors = await self.encoders.encode_texts("query", [text], ctx.remaining("triton"))
+        return first_row(vectors)
 
 
 class PassageSearch:
