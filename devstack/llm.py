@@ -3,7 +3,8 @@
     with LocalLLMServer(log_path=layout.LOGS / "llm.log") as llm:
         client = make_llm_client(llm.settings("ollama"))   # or "openai": the same server speaks both
 
-Ready once `GET /api/version` answers, which the server only does after the model is loaded.
+Ready once `GET /api/version` answers, which the server only does after the model is loaded. `counts`
+reads what the server did with the requests so far (its `/metrics`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Literal
 import httpx
 
 from devstack.llm_server.config import ServerConfig
+from devstack.llm_server.metrics import REQUESTS, counts_by_outcome
 from devstack.process import ManagedProcess, free_port
 from server.config import LLMSettings
 
 READY_PATH = "/api/version"
+METRICS_PATH = "/metrics"
 
 
 @dataclass
@@ -53,6 +56,10 @@ class LocalLLMServer:
     def stop(self) -> None:
         if self._process is not None:
             self._process.stop()
+
+    def counts(self, counter: str = REQUESTS) -> dict[str, float]:
+        """One of the server's `/metrics` counters by outcome, e.g. `counts()["cancelled"]`."""
+        return counts_by_outcome(httpx.get(self.url + METRICS_PATH, timeout=5).text, counter)
 
     def running(self) -> bool:
         return self._process is not None and self._process.running()

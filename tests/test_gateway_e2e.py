@@ -5,6 +5,7 @@ Rankings are compared with the same computation done offline with the PyTorch ch
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
@@ -17,12 +18,17 @@ import torch
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client import REGISTRY
 
 from devstack.local import gateway_serving
 from devstack.process import ManagedProcess, free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
+from server.config import GatewaySettings, RagSettings
 from server.health import SERVICE
+from server.pipeline.search import PassageSearch, QueryVector
+from server.requests import RequestValidator
+from server.service import GatewayService
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.mind import load_mind_split
@@ -235,6 +241,73 @@ def test_a_passed_deadline_is_deadline_exceeded(gateway) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         gateway.Search(pb.SearchRequest(query="anything", k=5), timeout=0.0005)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class SlowEncoders:
+    """A query encoder that takes `delay_s` whatever timeout it is given; records the timeout and how the
+    call ended ("done", or "cancelled" when the gateway stopped waiting for it)."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.timeouts: list[float | None] = []
+        self.endings: list[str] = []
+
+    async def encode_texts(self, field: str, texts: list[str], timeout_s: float | None = None) -> np.ndarray:
+        self.timeouts.append(timeout_s)
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.endings.append("cancelled")
+            raise
+        self.endings.append("done")
+        return np.zeros((len(texts), 4), np.float32)
+
+
+SERVER_SIDE_ENDINGS = (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def rpc_count(method: str, code: grpc.StatusCode) -> float:
+    """How many `method` RPCs this process's gateway metrics have recorded with `code`."""
+    labels = {"method": method, "code": code.name}
+    return REGISTRY.get_sample_value("recstack_rpc_seconds_count", labels) or 0.0
+
+
+@pytest.mark.anyio
+async def test_a_deadline_passing_while_the_gateway_works_stops_the_work() -> None:
+    """300 ms deadline, 1 s dependency: the client gets DEADLINE_EXCEEDED, and the gateway (here in this
+    process, over a slow fake Triton) passed the deadline on, stopped waiting and recorded the RPC."""
+    encoders = SlowEncoders(delay_s=1.0)
+    search = PassageSearch(QueryVector(encoders), None, "passages")  # the store is never reached
+    service = GatewayService(
+        RequestValidator(GatewaySettings()),
+        recommender=None,  # Search uses only the validator and the search pipeline
+        search=search,
+        ingest=None,
+        answerer=None,
+        rag=RagSettings(),
+        request_timeout_s=10.0,
+        answer_timeout_s=10.0,
+    )
+    server = grpc.aio.server()
+    gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    ended_before = {code: rpc_count("Search", code) for code in SERVER_SIDE_ENDINGS}
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await gateway_pb2_grpc.GatewayStub(channel).Search(pb.SearchRequest(query="slow", k=5), timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        async with asyncio.timeout(0.5):  # well before the dependency's own 1 s
+            while not encoders.endings:
+                await asyncio.sleep(0.01)
+    finally:
+        await server.stop(grace=None)
+    assert encoders.endings == ["cancelled"]
+    (timeout,) = encoders.timeouts
+    assert timeout is not None and timeout <= 0.3  # the caller's deadline, not the 10 s cap
+    ended = {code: rpc_count("Search", code) - before for code, before in ended_before.items()}
+    assert sum(ended.values()) == 1, ended
 
 
 def test_prometheus_metrics_count_rpcs_and_stages(gateway, stack) -> None:

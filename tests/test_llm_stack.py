@@ -1,19 +1,23 @@
-"""Both LLM clients against the real local server and model (SmolLM2-135M via llama-cpp-python):
-streaming, cancellation freeing the model, queueing, a full queue, and the server going away."""
+"""Both LLM clients, and the official `ollama` and `openai` clients, against the real local server and
+model (SmolLM2-135M via llama-cpp-python): streaming, cancellation freeing the model, queueing, a full
+queue, and the server going away."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import ollama
+import openai
 import pytest
 
 from devstack.llm import LocalLLMServer
 from devstack.llm_server.config import ServerConfig
+from devstack.llm_server.metrics import SAMPLED_TOKENS
 from devstack.process import free_port
 from server.errors import DependencyUnavailable, Overloaded
 from server.llm import ChatMessage, GenerationRequest, LLMClient, TokenChunk, make_llm_client
@@ -43,6 +47,11 @@ def text_of(chunks: list[TokenChunk]) -> str:
     return "".join(chunk.text for chunk in chunks)
 
 
+def cancellations(server: LocalLLMServer) -> tuple[float, float]:
+    """Generations the server has cancelled so far, and the tokens they had sampled by then."""
+    return server.counts()["cancelled"], server.counts(SAMPLED_TOKENS)["cancelled"]
+
+
 @PROTOCOLS
 async def test_tokens_stream_from_the_real_model(llm_server: LocalLLMServer, protocol: str) -> None:
     client = make_llm_client(llm_server.settings(protocol))
@@ -52,6 +61,41 @@ async def test_tokens_stream_from_the_real_model(llm_server: LocalLLMServer, pro
     assert len(texts) >= 2 and all(chunk.text for chunk in texts)
     assert (final.finish_reason, final.completion_tokens) == ("length", 8)
     assert final.prompt_tokens > len(LONG_ANSWER.split())  # the question plus the chat template
+
+
+def test_official_ollama_client(llm_server: LocalLLMServer) -> None:
+    client = ollama.Client(host=llm_server.url)
+    name = llm_server.config.model_name
+    assert [entry.model for entry in client.list().models] == [f"{name}:latest"]
+    greedy = {"temperature": 0, "num_predict": 8}
+
+    answer = client.generate(model=name, prompt=LONG_ANSWER, options=greedy)
+    assert answer.done and answer.done_reason == "length" and answer.eval_count == 8 and answer.response.strip()
+    assert answer.prompt_eval_count is not None and answer.prompt_eval_count > len(LONG_ANSWER.split())
+    streamed = list(client.generate(model=name, prompt=LONG_ANSWER, options=greedy, stream=True))
+    assert len(streamed) > 2 and streamed[-1].done and not any(chunk.done for chunk in streamed[:-1])
+    assert "".join(chunk.response for chunk in streamed) == answer.response  # greedy: the same text
+    raw = client.generate(model=name, prompt="The capital of France is", raw=True, options=greedy)
+    assert raw.prompt_eval_count is not None and raw.prompt_eval_count < answer.prompt_eval_count  # no template
+
+    messages = [{"role": "user", "content": LONG_ANSWER}]
+    reply = client.chat(model=name, messages=messages, options=greedy)
+    assert reply.message.role == "assistant" and reply.message.content == answer.response  # the same template
+    chunks = list(client.chat(model=name, messages=messages, options=greedy, stream=True))
+    assert "".join(chunk.message.content or "" for chunk in chunks) == reply.message.content and chunks[-1].done
+
+
+def test_official_openai_client(llm_server: LocalLLMServer) -> None:
+    client = openai.OpenAI(base_url=f"{llm_server.url}/v1", api_key="unused", max_retries=0)
+    name = llm_server.config.model_name
+    messages: Any = [{"role": "user", "content": LONG_ANSWER}]
+    completion = client.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=0)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "length" and choice.message.content and choice.message.content.strip()
+    assert completion.usage is not None and completion.usage.completion_tokens == 8
+    stream = client.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=0, stream=True)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == choice.message.content
 
 
 @PROTOCOLS
@@ -68,7 +112,7 @@ async def test_cancelling_mid_stream_frees_the_model(llm_server: LocalLLMServer,
     async with asyncio.timeout(60):
         while seen < 3:
             await asyncio.sleep(0.01)
-    cancelled_before = llm_server.log_path.read_text().count("cancelled after")
+    cancelled_before = cancellations(llm_server)
     reader.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reader
@@ -78,8 +122,8 @@ async def test_cancelling_mid_stream_frees_the_model(llm_server: LocalLLMServer,
     await client.close()
     assert final.final
     # The first request would have run ~1000 tokens (~20 s here); it stopped after a few.
-    cancelled = re.findall(r"cancelled after (\d+) tokens", llm_server.log_path.read_text())
-    assert len(cancelled) == cancelled_before + 1 and int(cancelled[-1]) < 100
+    cancelled, tokens = cancellations(llm_server)
+    assert cancelled == cancelled_before[0] + 1 and tokens - cancelled_before[1] < 100
     assert elapsed < 10
 
 
@@ -107,10 +151,10 @@ async def test_full_queue_is_overloaded(llm_server: LocalLLMServer) -> None:
 
 async def test_request_abandoned_while_queued_never_takes_the_model(llm_server: LocalLLMServer) -> None:
     client = make_llm_client(llm_server.settings("ollama"))
-    log_before = len(llm_server.log_path.read_text())
+    before = llm_server.counts()
 
-    def new_log() -> str:
-        return llm_server.log_path.read_text()[log_before:]
+    def new(outcome: str) -> float:
+        return llm_server.counts()[outcome] - before[outcome]
 
     async with contextlib.aclosing(client.stream(ask(LONG_ANSWER, 1000), timeout_s=120)) as running:
         await anext(running)
@@ -120,12 +164,13 @@ async def test_request_abandoned_while_queued_never_takes_the_model(llm_server: 
         with contextlib.suppress(asyncio.CancelledError):
             await queued
         async with asyncio.timeout(10):
-            while "disconnected while waiting" not in new_log():
+            while not new("left_queue"):
                 await asyncio.sleep(0.05)
     assert (await generate(client, ask("Name a colour.", 8)))[-1].final
     await client.close()
-    assert new_log().count("cancelled after") == 1  # the long answer; the abandoned request never ran
-    assert new_log().count("finished (") == 1  # the last request
+    assert new("left_queue") == 1
+    assert new("cancelled") == 1  # the long answer; the abandoned request never ran
+    assert new("finished") == 1  # the last request
 
 
 @PROTOCOLS

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from triton_fixtures import NEWS_DIM, SPECS, export_tiny_model, run_onnx, sample_inputs
 
+from contract import USER_ENCODER
 from devstack.triton import Bundle
 
 
@@ -88,7 +91,22 @@ def test_a_request_that_breaks_the_contract_is_named(model_py: ModuleType, input
         model_py.check_request(arrays, specs)
 
 
-def test_a_valid_request_passes(model_py: ModuleType) -> None:
-    specs = [model_py.InputSpec(name, dims) for name, dims in USER_INPUTS]
-    arrays = {"history": np.zeros((2, 3, 4), np.float32), "history_mask": np.zeros((2, 3), np.int64)}
-    model_py.check_request(arrays, specs)
+def test_a_valid_request_passes(model_py: ModuleType, tmp_path: Path) -> None:
+    """Valid requests (an all-zero mask, a cold start, included) pass the checks, and the batched run the
+    model makes of them (zero-padded, concatenated, split back) gives each one what the ONNX graph gives
+    it alone."""
+    spec = SPECS[USER_ENCODER]
+    specs = [model_py.InputSpec(tensor.name, tensor.dims) for tensor in spec.inputs]
+    onnx_path = export_tiny_model(spec, tmp_path / "user.onnx")
+    cold_start = {"history": np.zeros((2, 3, NEWS_DIM), np.float32), "history_mask": np.zeros((2, 3), np.int64)}
+    requests = [cold_start, sample_inputs(spec, batch=1, length=5, rng=np.random.default_rng(1))]
+    for arrays in requests:
+        model_py.check_request(arrays, specs)
+    merged = model_py.pad_and_concat(requests)
+    outputs = model_py.split_rows({spec.output.name: run_onnx(onnx_path, merged)}, [2, 1])
+    for arrays, output in zip(requests, outputs, strict=True):
+        embedding = output[spec.output.name]
+        assert embedding.shape == (len(arrays["history"]), NEWS_DIM) and embedding.dtype == np.float32
+        np.testing.assert_allclose(embedding, run_onnx(onnx_path, arrays), rtol=1e-5, atol=1e-6)
+    cold = outputs[0][spec.output.name]
+    np.testing.assert_array_equal(cold[0], cold[1])  # no clicks: both rows get the learned cold-start vector

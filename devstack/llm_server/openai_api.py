@@ -23,7 +23,7 @@ from devstack.llm_server.common import (
     model_not_found,
     start_generation,
 )
-from devstack.llm_server.engine import ChatJob, Event, Finished, GenerationFailed
+from devstack.llm_server.engine import Event, Finished, GenerationFailed, GenerationJob
 
 PREFIX = "/v1"
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default
@@ -63,8 +63,8 @@ def router(serving: Serving) -> APIRouter:
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         if not model.accepts(body.model):
             raise model_not_found(body.model)
-        job = ChatJob(
-            messages=[m.model_dump() for m in body.messages],
+        job = GenerationJob(
+            prompt=[m.model_dump() for m in body.messages],
             max_tokens=serving.limits.resolve(body.max_completion_tokens or body.max_tokens),
             temperature=DEFAULT_TEMPERATURE if body.temperature is None else body.temperature,
             stop=[body.stop] if isinstance(body.stop, str) else body.stop,
