@@ -2,6 +2,8 @@
 
 - `contract.models`: the served encoders (names, tensors, which text field feeds each).
 - `contract.tokenizer`: texts -> token ids, the one code path used by training and the gateway.
+- `contract.layout`: where every generated artifact lives.
+"""
 
 from contract.models import (
     ATTENTION_MASK,
