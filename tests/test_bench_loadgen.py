@@ -19,9 +19,9 @@ from benchmarks import loadgen
 from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.stats import ScenarioResult
 from benchmarks.workload import SyntheticRequests, synthetic_ids
+from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
-from devstack.process import free_port
 
 WORKLOAD = SyntheticRequests(synthetic_ids("news", 100), synthetic_ids("passage", 100))
 SERVICE_S = 0.02  # the slow fake's service time: 50 requests/s when it serves one at a time
@@ -68,7 +68,9 @@ class FakeGateway(pb_grpc.GatewayServicer):
             await asyncio.sleep(0.002)
             yield pb.AnswerChunk(token=word)
         if self.answer_done:
-            done = pb.AnswerDone(finish_reason="stop", retrieval_ms=1.5, time_to_first_token_ms=3.0, total_ms=12.0)
+            done = pb.AnswerDone(
+                finish_reason=pb.FINISH_REASON_STOP, retrieval_ms=1.5, time_to_first_token_ms=3.0, total_ms=12.0
+            )
             yield pb.AnswerChunk(done=done)
 
 
