@@ -1,4 +1,6 @@
-"""The gateway's one configuration object: defaults < YAML file < environment variables.
+"""The gateway's one configuration object: defaults < YAML file < environment variables < overrides.
+
+Every section rejects unknown keys, so a misspelt key is an error wherever it comes from.
 
 Environment variables use the prefix `RECSTACK_` and `__` between levels, e.g.
 `RECSTACK_MILVUS__URI=http://milvus:19530` or `RECSTACK_TRITON__TIMEOUT_S=0.5`.
