@@ -96,6 +96,11 @@ class RequestOptions:
     upsert_batch: int = 10
 
 
+def answer_request(question: str, options: RequestOptions) -> pb.AnswerRequest:
+    """An Answer request; max_tokens 0 leaves the field unset (the server's default)."""
+    return pb.AnswerRequest(question=question, k=options.answer_k, max_tokens=options.max_tokens or None)
+
+
 class RequestFactory(Protocol):
     """Makes one request message of each RPC kind from a seeded random source."""
 
@@ -158,8 +163,7 @@ class DemoRequests:
         if rpc == "search":
             return pb.SearchRequest(query=rng.choice(self.queries), k=options.k)
         if rpc == "answer":
-            question = rng.choice(self.queries)
-            return pb.AnswerRequest(question=question, k=options.answer_k, max_tokens=options.max_tokens)
+            return answer_request(rng.choice(self.queries), options)
         kind: ItemKind = rng.choice(("news", "passage"))
         pool = self.catalog.news if kind == "news" else self.catalog.passages
         return upsert_request(kind, rng.sample(pool, min(options.upsert_batch, len(pool))))
@@ -194,7 +198,7 @@ class SyntheticRequests:
         if rpc == "search":
             return pb.SearchRequest(query=self._words(rng), k=options.k)
         if rpc == "answer":
-            return pb.AnswerRequest(question=self._words(rng), k=options.answer_k, max_tokens=options.max_tokens)
+            return answer_request(self._words(rng), options)
         kind: ItemKind = "passage" if self.passage_ids and rng.random() < 0.5 else "news"
         ids = self.news_ids if kind == "news" else self.passage_ids
         rows = rng.sample(range(len(ids)), min(options.upsert_batch, len(ids)))

@@ -134,13 +134,36 @@ def forwarded(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "status"],
+        help="up: start the stack in the background; down: stop it; status: print its state",
+    )
     parser.add_argument("--foreground", action="store_true", help="up: run the supervisor in this terminal")
-    parser.add_argument("--state-dir", type=Path, default=StackConfig.state_dir)
-    parser.add_argument("--repo", type=Path, default=StackConfig.triton_repo, help="Triton model repository")
-    parser.add_argument("--tokenizers", type=Path, default=StackConfig.tokenizer_dir)
-    parser.add_argument("--port", type=int, default=StackConfig.gateway_port, help="gateway port (0 = free)")
-    parser.add_argument("--metrics-port", type=int, default=StackConfig.metrics_port)
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=StackConfig.state_dir,
+        help="where the stack keeps its state file, data and logs (%(default)s)",
+    )
+    parser.add_argument(
+        "--repo", type=Path, default=StackConfig.triton_repo, help="Triton model repository (%(default)s)"
+    )
+    parser.add_argument(
+        "--tokenizers",
+        type=Path,
+        default=StackConfig.tokenizer_dir,
+        help="tokenizer files written by `make export`, read by the gateway (%(default)s)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=StackConfig.gateway_port, help="gateway gRPC port, 0 = any free one (%(default)s)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=StackConfig.metrics_port,
+        help="gateway Prometheus /metrics port, 0 = any free one (%(default)s)",
+    )
     parser.add_argument("--no-llm", action="store_true", help="no LLM server (Answer is then unavailable)")
     args = parser.parse_args(argv)
     config = StackConfig(

@@ -191,13 +191,21 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m server",
         description="The recstack gRPC gateway. Settings: YAML file < RECSTACK_* environment variables.",
     )
-    parser.add_argument("--config", type=Path, help="YAML settings file (e.g. configs/local.yaml)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML settings file, e.g. configs/production.yaml (default: none, built-in defaults)",
+    )
     parser.add_argument("--port", type=int, help="override gateway.port (0 = any free port)")
-    parser.add_argument("--log-format", choices=["json", "console"], default="json")
+    parser.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        default="json",
+        help="log lines as JSON or for a terminal (%(default)s)",
+    )
     args = parser.parse_args(argv)
-    settings = load_settings(args.config)
-    if args.port is not None:
-        settings.gateway.port = args.port
+    port_override = {"gateway": {"port": args.port}} if args.port is not None else {}
+    settings = load_settings(args.config, **port_override)
     configure_logging(json=args.log_format == "json")
     import uvloop
 

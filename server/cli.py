@@ -21,6 +21,7 @@ from rich.table import Table
 
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
+from server.config import LLMSettings, RagSettings
 from server.health import ANSWER_SERVICE, SERVICE
 
 console = Console()
@@ -113,10 +114,15 @@ def print_sources(sources: pb.AnswerSources) -> None:
 
 def print_done(done: pb.AnswerDone) -> None:
     console.print(
-        f"[dim]finish={done.finish_reason} tokens={done.completion_tokens} "
+        f"[dim]finish={finish_reason_name(done.finish_reason)} tokens={done.completion_tokens} "
         f"retrieval={done.retrieval_ms:.1f} ms  first token={done.time_to_first_token_ms:.0f} ms  "
         f"{done.tokens_per_second:.1f} tokens/s  total={done.total_ms:.0f} ms"
     )
+
+
+def finish_reason_name(reason: int) -> str:
+    """FINISH_REASON_NO_SOURCES -> "no_sources"."""
+    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
 
 
 def cmd_health(channel: grpc.Channel, args: argparse.Namespace) -> None:
@@ -134,8 +140,10 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (%(default)s)")
     commands = root.add_subparsers(dest="command", required=True)
 
-    def with_filters(command: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        command.add_argument("-k", type=int, default=10, help="results (%(default)s)")
+    def with_filters(
+        command: argparse.ArgumentParser, k_default: int | None = 10, k_help: str = "results (%(default)s)"
+    ) -> argparse.ArgumentParser:
+        command.add_argument("-k", type=int, default=k_default, help=k_help)
         command.add_argument("--category", action="append", help="keep only this category (repeatable)")
         command.add_argument("--after", type=int, help="keep only items published after this unix time")
         return command
@@ -146,12 +154,25 @@ def parser() -> argparse.ArgumentParser:
     recommend.add_argument("--title", action="append", help="a clicked title the catalog does not know")
     recommend.add_argument("--diversity", type=float, default=0.0, help="0..1 (%(default)s)")
     search = with_filters(commands.add_parser("search", help="passages for a query"))
-    search.add_argument("query")
-    ask = with_filters(commands.add_parser("ask", help="a streamed answer grounded in retrieved passages"))
-    ask.add_argument("question")
-    ask.add_argument("--max-tokens", type=int, default=0, help="0 = server default")
-    ask.add_argument("--temperature", type=float, default=0.0)
-    ask.set_defaults(k=0)  # 0: the server's default number of passages
+    search.add_argument("query", help="the text to find passages for")
+    ask = with_filters(
+        commands.add_parser("ask", help="a streamed answer grounded in retrieved passages"),
+        k_default=None,
+        k_help=f"passages to retrieve (default: the server's, {RagSettings().default_k} unless configured)",
+    )
+    ask.add_argument("question", help="the question to answer from the passages")
+    llm_defaults = LLMSettings()
+    ask.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"most tokens to generate (default: the server's, {llm_defaults.default_max_tokens} unless configured)",
+    )
+    ask.add_argument(
+        "--temperature",
+        type=float,
+        help=f"sampling temperature, 0 = greedy (default: the server's, {llm_defaults.default_temperature} "
+        "unless configured)",
+    )
     commands.add_parser("health", help="the gateway's health per service")
     return root
 

@@ -1,4 +1,6 @@
-"""The gateway's one configuration object: defaults < YAML file < environment variables.
+"""The gateway's one configuration object: defaults < YAML file < environment variables < overrides.
+
+Every section rejects unknown keys, so a misspelt key is an error wherever it comes from.
 
 Environment variables use the prefix `RECSTACK_` and `__` between levels, e.g.
 `RECSTACK_MILVUS__URI=http://milvus:19530` or `RECSTACK_TRITON__TIMEOUT_S=0.5`.
@@ -7,18 +9,26 @@ Production differs from the local stack only here: another URI, another file (co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 import contract
 from contract import layout
+from contract.limits import CATEGORY_MAX_BYTES, ID_MAX_BYTES
 
 
-class TritonSettings(BaseModel):
+class Section(BaseModel):
+    """One settings section: an unknown (e.g. misspelt) key is an error instead of being silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TritonSettings(Section):
     """Triton Inference Server (KServe v2 gRPC) and the encoders it serves."""
 
     url: str = "127.0.0.1:8001"
@@ -35,7 +45,7 @@ class TritonSettings(BaseModel):
     )
 
 
-class MilvusSettings(BaseModel):
+class MilvusSettings(Section):
     """Milvus: a file path opens Milvus Lite, http(s)://host:port a standalone server or a cluster."""
 
     uri: str = "http://127.0.0.1:19530"
@@ -61,7 +71,7 @@ class MilvusSettings(BaseModel):
     read_batch_ids: int = Field(1000, gt=0, description="Ids per get/delete request and per iterate batch.")
 
 
-class LLMSettings(BaseModel):
+class LLMSettings(Section):
     """The LLM behind `Answer`: Ollama's API (production default) or an OpenAI-compatible server."""
 
     protocol: Literal["ollama", "openai"] = "ollama"
@@ -74,22 +84,33 @@ class LLMSettings(BaseModel):
     )
     timeout_s: float = Field(60.0, gt=0, description="Deadline of one whole generation, first byte to last.")
     health_timeout_s: float = Field(1.0, gt=0, description="Deadline of one health probe.")
-    max_tokens: int = Field(256, gt=0, description="Generation length when the request gives none.")
-    temperature: float = Field(0.2, ge=0, description="Sampling temperature when the request gives none.")
+    default_max_tokens: int = Field(256, gt=0, description="Generation length when the request gives none.")
+    default_temperature: float = Field(0.2, ge=0, description="Sampling temperature when the request gives none.")
     keep_alive: str = Field("30m", description="Ollama only: how long the server keeps the model loaded.")
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(Section):
     """The gRPC server itself and its request limits."""
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
     max_concurrent_rpcs: int = Field(256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED.")
-    max_k: int = Field(100, gt=0)
+    max_k: int = Field(100, gt=0, description="Most results per Recommend/Search request.")
     max_text_chars: int = Field(2000, gt=0, description="Longest query, question or title accepted.")
-    max_passage_chars: int = Field(8000, gt=0, description="Longest passage text accepted by UpsertItems.")
+    max_upsert_passage_chars: int = Field(8000, gt=0, description="Longest passage text accepted by UpsertItems.")
     max_upsert_batch: int = Field(1000, gt=0, description="Most items (or ids) per UpsertItems/DeleteItems call.")
+    max_id_bytes: int = Field(
+        ID_MAX_BYTES, gt=0, le=ID_MAX_BYTES, description="Longest id (UTF-8 bytes); at most what Milvus stores."
+    )
+    max_category_bytes: int = Field(
+        CATEGORY_MAX_BYTES,
+        gt=0,
+        le=CATEGORY_MAX_BYTES,
+        description="Longest category or subcategory (UTF-8 bytes); at most what Milvus stores.",
+    )
+    max_filter_categories: int = Field(50, gt=0, description="Most categories in one request's filters.")
+    max_history_items: int = Field(500, gt=0, description="Most history items in one Recommend request.")
     request_timeout_s: float = Field(
         5.0, gt=0, description="Deadline of a request whose caller set none (or a longer one)."
     )
@@ -98,7 +119,7 @@ class GatewaySettings(BaseModel):
     encode_batch: int = Field(64, gt=0, description="Most texts per Triton request when ingesting.")
 
 
-class RecommendSettings(BaseModel):
+class RecommendSettings(Section):
     """Recommend's pipeline knobs."""
 
     max_history: int = Field(50, gt=0, description="Most recent clicks fed to the user encoder (as in training).")
@@ -108,16 +129,23 @@ class RecommendSettings(BaseModel):
     cold_start_pool: int = Field(1000, gt=0, description="Cold start: recent items read per request, then ranked.")
 
 
-class RagSettings(BaseModel):
+class RagSettings(Section):
     """Answer's retrieval and grounding knobs."""
 
     default_k: int = Field(2, gt=0, description="Passages put in the prompt when the request gives no k.")
     max_k: int = Field(8, gt=0, description="Most passages per prompt (the local model's context is 2,048 tokens).")
-    max_passage_chars: int = Field(400, gt=0, description="Each passage is cut to this length in the prompt.")
-    max_tokens: int = Field(1024, gt=0, description="Largest max_tokens a request may ask for.")
+    prompt_passage_chars: int = Field(400, gt=0, description="Each passage is cut to this length in the prompt.")
+    max_tokens_limit: int = Field(1024, gt=0, description="Largest max_tokens an Answer request may ask for.")
+    max_temperature: float = Field(2.0, ge=0, description="Largest temperature an Answer request may ask for.")
     min_score: float = Field(
         0.3, description="Below this best-passage cosine score, answer 'not in the sources' without the LLM."
     )
+
+    @model_validator(mode="after")
+    def _default_k_within_max_k(self) -> Self:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
 
 
 class Settings(BaseSettings):
@@ -141,17 +169,37 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file's values (passed as init kwargs by `load_settings`).
-        return env_settings, init_settings
+        # Keyword arguments win over the environment; `load_settings` merges the file beneath both itself.
+        return init_settings, env_settings
 
 
-def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from an optional YAML file, then the environment; keyword overrides win over both."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
-        data = loaded
-    settings = Settings(**data)
-    return settings.model_copy(update=overrides) if overrides else settings
+def load_settings(path: Path | None = None, **overrides: Mapping[str, Any]) -> Settings:
+    """Settings from an optional YAML file, then the environment; keyword overrides win over both.
+
+    An override is one section's keys, e.g. `load_settings(gateway={"port": 0})`, merged into that section.
+    Every source is validated: an unknown key or a bad value raises `pydantic.ValidationError` naming it
+    (e.g. `milvus.urii`).
+    """
+    from_file = read_yaml(path) if path is not None else {}
+    from_environment = EnvSettingsSource(Settings)()
+    return Settings(**deep_merge(deep_merge(from_file, from_environment), overrides))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The file's top-level mapping (an empty file is an empty mapping)."""
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update`'s values, merging nested mappings key by key instead of replacing them."""
+    merged = dict(base)
+    for key, value in update.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged

@@ -14,11 +14,6 @@ from server.config import GatewaySettings, RagSettings
 from server.errors import InvalidArgument
 from server.vector_store import Filters
 
-MAX_ID_CHARS = 64
-MAX_CATEGORY_CHARS = 64
-MAX_CATEGORIES = 50
-MAX_HISTORY_ITEMS = 500
-
 
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
@@ -48,8 +43,8 @@ class AnswerQuery:
     question: str
     k: int
     filters: Filters
-    max_tokens: int
-    temperature: float
+    max_tokens: int | None  # None: the LLM client's default
+    temperature: float | None  # None: the LLM client's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +80,9 @@ class RequestValidator:
         self.limits = limits
 
     def recommend(self, request: pb.RecommendRequest) -> RecommendQuery:
-        if len(request.history) > MAX_HISTORY_ITEMS:
-            raise InvalidArgument("history", f"at most {MAX_HISTORY_ITEMS} items, got {len(request.history)}")
+        most = self.limits.max_history_items
+        if len(request.history) > most:
+            raise InvalidArgument("history", f"at most {most} items, got {len(request.history)}")
         history = tuple(
             HistoryEntry(
                 item_id=self._id(item.id, f"history[{i}].id", required=False),
@@ -112,19 +108,14 @@ class RequestValidator:
         )
 
     def answer(self, request: pb.AnswerRequest, rag: RagSettings) -> AnswerQuery:
-        if not 0 <= request.max_tokens <= rag.max_tokens:
-            raise InvalidArgument("max_tokens", f"must be within [0, {rag.max_tokens}] (0 = default)")
         if not 0 <= request.k <= rag.max_k:
             raise InvalidArgument("k", f"must be within [1, {rag.max_k}] (0 = default {rag.default_k})")
-        temperature = request.temperature
-        if not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0:
-            raise InvalidArgument("temperature", f"must be within [0, 2], got {temperature}")
         return AnswerQuery(
             question=self._text(request.question, "question"),
             k=request.k or rag.default_k,
             filters=self._filters(request),
-            max_tokens=request.max_tokens,
-            temperature=temperature,
+            max_tokens=self._max_tokens(request, rag.max_tokens_limit),
+            temperature=self._temperature(request, rag.max_temperature),
         )
 
     def upsert(self, request: pb.UpsertItemsRequest) -> tuple[list[NewsRecord], list[PassageRecord]]:
@@ -164,12 +155,31 @@ class RequestValidator:
     def _passage(self, item: pb.PassageItem, field: str) -> PassageRecord:
         return PassageRecord(
             item_id=self._id(item.id, f"{field}.id"),
-            text=self._text(item.text, f"{field}.text", limit=self.limits.max_passage_chars),
+            text=self._text(item.text, f"{field}.text", limit=self.limits.max_upsert_passage_chars),
             title=self._text(item.title, f"{field}.title", required=False),
             category=self._category(item.category, f"{field}.category"),
             doc_id=self._id(item.doc_id, f"{field}.doc_id", required=False),
             published=self._time(item.published, f"{field}.published") if item.HasField("published") else 0,
         )
+
+    @staticmethod
+    def _max_tokens(request: pb.AnswerRequest, most: int) -> int | None:
+        """The requested generation length, None when unset (the server's default)."""
+        if not request.HasField("max_tokens"):
+            return None
+        if not 1 <= request.max_tokens <= most:
+            raise InvalidArgument("max_tokens", f"must be within [1, {most}] when set, got {request.max_tokens}")
+        return request.max_tokens
+
+    @staticmethod
+    def _temperature(request: pb.AnswerRequest, most: float) -> float | None:
+        """The requested sampling temperature (0 included), None when unset (the server's default)."""
+        if not request.HasField("temperature"):
+            return None
+        temperature = request.temperature
+        if not math.isfinite(temperature) or not 0.0 <= temperature <= most:
+            raise InvalidArgument("temperature", f"must be within [0, {most}] when set, got {temperature}")
+        return temperature
 
     def _k(self, k: int) -> int:
         if not 1 <= k <= self.limits.max_k:
@@ -180,8 +190,9 @@ class RequestValidator:
         if not request.HasField("filters"):
             return Filters()
         filters = request.filters
-        if len(filters.categories) > MAX_CATEGORIES:
-            raise InvalidArgument("filters.categories", f"at most {MAX_CATEGORIES} categories")
+        most = self.limits.max_filter_categories
+        if len(filters.categories) > most:
+            raise InvalidArgument("filters.categories", f"at most {most} categories, got {len(filters.categories)}")
         categories = tuple(
             self._category(c, f"filters.categories[{i}]", required=True) for i, c in enumerate(filters.categories)
         )
@@ -190,12 +201,10 @@ class RequestValidator:
             after = self._time(filters.published_after, "filters.published_after")
         return Filters(categories=categories, published_after=after)
 
-    @staticmethod
-    def _id(value: str, field: str, required: bool = True) -> str:
+    def _id(self, value: str, field: str, required: bool = True) -> str:
         if required and not value:
             raise InvalidArgument(field, "must not be empty")
-        if len(value) > MAX_ID_CHARS:
-            raise InvalidArgument(field, f"at most {MAX_ID_CHARS} characters, got {len(value)}")
+        self._fits_bytes(value, field, self.limits.max_id_bytes)
         if any(ch.isspace() or not ch.isprintable() for ch in value):
             raise InvalidArgument(field, "must not contain whitespace or control characters")
         return value
@@ -208,15 +217,20 @@ class RequestValidator:
             raise InvalidArgument(field, f"at most {limit} characters, got {len(value)}")
         return value
 
-    @staticmethod
-    def _category(value: str, field: str, required: bool = False) -> str:
+    def _category(self, value: str, field: str, required: bool = False) -> str:
         if required and not value:
             raise InvalidArgument(field, "must not be empty")
-        if len(value) > MAX_CATEGORY_CHARS:
-            raise InvalidArgument(field, f"at most {MAX_CATEGORY_CHARS} characters, got {len(value)}")
+        self._fits_bytes(value, field, self.limits.max_category_bytes)
         if any(not ch.isprintable() for ch in value):
             raise InvalidArgument(field, "must not contain control characters")
         return value
+
+    @staticmethod
+    def _fits_bytes(value: str, field: str, most: int) -> None:
+        """Milvus bounds VARCHARs in UTF-8 bytes, so a short non-ASCII string may still not fit."""
+        size = len(value.encode())
+        if size > most:
+            raise InvalidArgument(field, f"must be at most {most} bytes in UTF-8, got {size}")
 
     @staticmethod
     def _time(value: _HasTimestamp, field: str) -> int:

@@ -95,6 +95,13 @@ class GatewayService(pb_grpc.GatewayServicer):
         return pb.DeleteItemsResponse(news_deleted=news_deleted, passages_deleted=passages_deleted)
 
 
+FINISH_REASONS = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "no_sources": pb.FINISH_REASON_NO_SOURCES,
+}
+
+
 def timestamp(seconds: int) -> Timestamp | None:
     return Timestamp(seconds=seconds) if seconds else None
 
@@ -133,7 +140,7 @@ def answer_chunk(event: Sources | Token | Done) -> pb.AnswerChunk:
     return pb.AnswerChunk(
         done=pb.AnswerDone(
             text=event.text,
-            finish_reason=event.finish_reason,
+            finish_reason=FINISH_REASONS.get(event.finish_reason, pb.FINISH_REASON_OTHER),
             prompt_tokens=event.prompt_tokens,
             completion_tokens=event.completion_tokens,
             retrieval_ms=event.retrieval_ms,

@@ -29,7 +29,7 @@ def test_sources_then_tokens_then_done(gateway) -> None:
     assert sources.grounded and len(sources.passages) == 2
     assert all(p.id and p.text for p in sources.passages)
     assert done.text == "".join(c.token for c in chunks[1:-1]) and done.text.strip()
-    assert done.finish_reason in {"stop", "length"}
+    assert done.finish_reason in {pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH}
     assert 0 < done.completion_tokens <= 25 and done.prompt_tokens > 0
     assert 0 < done.retrieval_ms < done.time_to_first_token_ms <= done.total_ms
     assert done.tokens_per_second > 0
@@ -37,7 +37,7 @@ def test_sources_then_tokens_then_done(gateway) -> None:
 
 def test_max_tokens_bounds_the_answer(gateway) -> None:
     done = collect(gateway, pb.AnswerRequest(question=QUESTION, max_tokens=4))[-1].done
-    assert done.finish_reason == "length" and done.completion_tokens <= 5
+    assert done.finish_reason == pb.FINISH_REASON_LENGTH and done.completion_tokens <= 5
 
 
 def test_no_relevant_passage_gives_the_honest_answer_without_the_llm(gateway) -> None:
@@ -45,7 +45,7 @@ def test_no_relevant_passage_gives_the_honest_answer_without_the_llm(gateway) ->
     chunks = collect(gateway, request)
     assert not chunks[0].sources.grounded and not chunks[0].sources.passages
     assert chunks[1].token == NO_SOURCES_ANSWER
-    assert chunks[-1].done.finish_reason == "no_sources" and chunks[-1].done.completion_tokens == 0
+    assert chunks[-1].done.finish_reason == pb.FINISH_REASON_NO_SOURCES and chunks[-1].done.completion_tokens == 0
 
 
 # At temperature 2 the small model rambles: 30-400+ tokens (measured), i.e. it is still generating a

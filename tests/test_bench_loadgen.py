@@ -68,7 +68,9 @@ class FakeGateway(pb_grpc.GatewayServicer):
             await asyncio.sleep(0.002)
             yield pb.AnswerChunk(token=word)
         if self.answer_done:
-            done = pb.AnswerDone(finish_reason="stop", retrieval_ms=1.5, time_to_first_token_ms=3.0, total_ms=12.0)
+            done = pb.AnswerDone(
+                finish_reason=pb.FINISH_REASON_STOP, retrieval_ms=1.5, time_to_first_token_ms=3.0, total_ms=12.0
+            )
             yield pb.AnswerChunk(done=done)
 
 

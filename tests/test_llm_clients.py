@@ -105,7 +105,7 @@ async def test_ollama_request_body_and_settings_defaults() -> None:
         sent.append(request)
         return replying("ollama", recorded("ollama", "length"))(request)
 
-    async with client_for("ollama", handler, max_tokens=77, temperature=0.3, keep_alive="5m") as client:
+    async with client_for("ollama", handler, default_max_tokens=77, default_temperature=0.3, keep_alive="5m") as client:
         await collect(client)
         await collect(client, GenerationRequest(REQUEST.messages, max_tokens=9, temperature=0.0, stop=("\n",)))
     defaults, explicit = (json.loads(request.content) for request in sent)
@@ -124,7 +124,7 @@ async def test_openai_request_body_and_bearer_key() -> None:
         sent.append(request)
         return replying("openai", recorded("openai", "length"))(request)
 
-    async with client_for("openai", handler, api_key="sk-test", max_tokens=33) as client:
+    async with client_for("openai", handler, api_key="sk-test", default_max_tokens=33) as client:
         await collect(client, GenerationRequest(REQUEST.messages, stop=("END",)))
     body = json.loads(sent[0].content)
     assert sent[0].url.path == "/v1/chat/completions"

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.config import RagSettings
+from recstack.v1 import gateway_pb2 as pb
+from server.config import GatewaySettings, RagSettings
 from server.errors import DependencyTimeout
 from server.item_cache import CachedNews, ItemCache
 from server.llm.prompt import NO_SOURCES_ANSWER
@@ -32,7 +33,8 @@ from server.pipeline.recommend import (
     personal_stages,
 )
 from server.pipeline.search import PassageSearch, QueryVector
-from server.requests import AnswerQuery, HistoryEntry, NewsRecord, RecommendQuery
+from server.requests import AnswerQuery, HistoryEntry, NewsRecord, RecommendQuery, RequestValidator
+from server.service import answer_chunk
 from server.vector_store import Filters
 
 pytestmark = pytest.mark.anyio
@@ -340,7 +342,7 @@ class FakeSearch:
 
 
 def answer_query(**overrides: Any) -> AnswerQuery:
-    return AnswerQuery(**{"question": "why?", "k": 2, "filters": Filters(), "max_tokens": 0, "temperature": 0.0,
+    return AnswerQuery(**{"question": "why?", "k": 2, "filters": Filters(), "max_tokens": None, "temperature": None,
                           **overrides})  # fmt: skip
 
 
@@ -354,6 +356,28 @@ async def test_answer_streams_sources_then_tokens_then_done() -> None:
     assert (done.prompt_tokens, done.completion_tokens) == (42, 2)
     assert "p0" in llm.requests[0].messages[-1].content  # the passages are in the prompt with their ids
     assert llm.requests[0].max_tokens is None and llm.closed
+
+
+async def test_a_requested_temperature_of_zero_reaches_the_llm_as_zero() -> None:
+    llm = FakeLLM(["greedy"])
+    request = pb.AnswerRequest(question="why?", temperature=0.0, max_tokens=5)
+    query = RequestValidator(GatewaySettings()).answer(request, RagSettings())
+    _ = [e async for e in Answerer(FakeSearch([0.9]), llm, RagSettings(min_score=0.3))(query, ctx())]
+    assert (llm.requests[0].temperature, llm.requests[0].max_tokens) == (0.0, 5)
+
+
+@pytest.mark.parametrize(
+    ("reason", "wire"),
+    [
+        ("stop", pb.FINISH_REASON_STOP),
+        ("length", pb.FINISH_REASON_LENGTH),
+        ("no_sources", pb.FINISH_REASON_NO_SOURCES),
+        ("content_filter", pb.FINISH_REASON_OTHER),
+    ],
+)
+def test_each_finish_reason_has_its_enum_value(reason: str, wire: int) -> None:
+    done = Done("text", reason, 1, 1, 1.0, 2.0, 3.0, 4.0)
+    assert answer_chunk(done).done.finish_reason == wire
 
 
 async def test_answer_without_a_relevant_passage_does_not_call_the_llm() -> None:

@@ -30,7 +30,7 @@ def test_defaults_and_typed_values() -> None:
     assert query.filters.categories == ("sports",) and query.filters.published_after == 7
     assert validator.recommend(pb.RecommendRequest(k=1, exclude_seen=False)).exclude_seen is False
     answer = validator.answer(pb.AnswerRequest(question="why?"), RagSettings(default_k=2))
-    assert answer.k == 2 and answer.max_tokens == 0
+    assert answer.k == 2 and answer.max_tokens is None and answer.temperature is None
 
 
 @given(query=st.text(max_size=3000), k=st.integers(min_value=-(2**31), max_value=2**31 - 1))
@@ -52,6 +52,67 @@ def test_any_category_filter_is_either_valid_or_names_the_entry(categories: list
         assert error.field == "filters.categories" or error.field.startswith("filters.categories[")
     else:
         assert list(filters.categories) == categories
+
+
+# "é" is 2 bytes in UTF-8 and "日" 3: at the limit in bytes, and one character over it.
+@pytest.mark.parametrize(
+    ("item_id", "accepted"), [("é" * 32, True), ("é" * 33, False), ("日" * 21 + "a", True), ("日" * 22, False)]
+)
+def test_ids_are_limited_in_utf8_bytes_and_the_error_names_the_field(item_id: str, accepted: bool) -> None:
+    history = [pb.HistoryItem(id=f"N{i}") for i in range(3)] + [pb.HistoryItem(id=item_id)]
+    request = pb.RecommendRequest(k=1, history=history)
+    if accepted:
+        assert validator.recommend(request).history[3].item_id == item_id
+        return
+    with pytest.raises(InvalidArgument) as caught:
+        validator.recommend(request)
+    size = len(item_id.encode())
+    assert str(caught.value) == f"history[3].id: must be at most 64 bytes in UTF-8, got {size}"
+
+
+@pytest.mark.parametrize(("category", "accepted"), [("é" * 64, True), ("é" * 65, False), ("日" * 43, False)])
+def test_categories_are_limited_in_utf8_bytes(category: str, accepted: bool) -> None:
+    news = pb.NewsItem(id="N1", title="t", category="news", subcategory=category)
+    request = pb.UpsertItemsRequest(news=[news])
+    if accepted:
+        assert validator.upsert(request)[0][0].subcategory == category
+        return
+    with pytest.raises(InvalidArgument) as caught:
+        validator.upsert(request)
+    size = len(category.encode())
+    assert str(caught.value) == f"news[0].subcategory: must be at most 128 bytes in UTF-8, got {size}"
+
+
+def test_request_limits_come_from_the_settings() -> None:
+    strict = RequestValidator(
+        GatewaySettings(max_id_bytes=4, max_category_bytes=4, max_history_items=2, max_filter_categories=1)
+    )
+    cases = [
+        (pb.RecommendRequest(k=1, history=[pb.HistoryItem(id="N1")] * 3), "history"),
+        (pb.RecommendRequest(k=1, user_id="u-12345"), "user_id"),
+        (pb.RecommendRequest(k=1, filters=pb.Filters(categories=["a", "b"])), "filters.categories"),
+        (pb.RecommendRequest(k=1, filters=pb.Filters(categories=["sports"])), "filters.categories[0]"),
+    ]
+    for request, field in cases:
+        with pytest.raises(InvalidArgument) as caught:
+            strict.recommend(request)
+        assert caught.value.field == field
+    assert strict.recommend(pb.RecommendRequest(k=1, user_id="u-12", history=[pb.HistoryItem(id="N1")] * 2))
+
+
+def test_answer_generation_options_are_optional_and_zero_temperature_is_kept() -> None:
+    rag = RagSettings()
+    greedy = validator.answer(pb.AnswerRequest(question="why?", temperature=0.0, max_tokens=7), rag)
+    assert (greedy.temperature, greedy.max_tokens) == (0.0, 7)
+    for request, field in [
+        (pb.AnswerRequest(question="why?", max_tokens=0), "max_tokens"),
+        (pb.AnswerRequest(question="why?", max_tokens=rag.max_tokens_limit + 1), "max_tokens"),
+        (pb.AnswerRequest(question="why?", temperature=rag.max_temperature + 0.5), "temperature"),
+        (pb.AnswerRequest(question="why?", temperature=float("nan")), "temperature"),
+    ]:
+        with pytest.raises(InvalidArgument) as caught:
+            validator.answer(request, rag)
+        assert caught.value.field == field
 
 
 @pytest.mark.parametrize(

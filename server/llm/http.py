@@ -100,10 +100,10 @@ class StreamingHTTPClient(abc.ABC):
         return [{"role": m.role, "content": m.content} for m in request.messages]
 
     def _max_tokens(self, request: GenerationRequest) -> int:
-        return request.max_tokens or self.settings.max_tokens
+        return self.settings.default_max_tokens if request.max_tokens is None else request.max_tokens
 
     def _temperature(self, request: GenerationRequest) -> float:
-        return self.settings.temperature if request.temperature is None else request.temperature
+        return self.settings.default_temperature if request.temperature is None else request.temperature
 
     async def stream(self, request: GenerationRequest, *, timeout_s: float) -> AsyncGenerator[TokenChunk, None]:
         """See `LLMClient.stream`: text chunks, then one final chunk; `timeout_s` bounds it all."""

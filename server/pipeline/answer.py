@@ -39,7 +39,7 @@ class Token:
 @dataclass(frozen=True)
 class Done:
     text: str
-    finish_reason: str  # "stop", "length" or "no_sources"
+    finish_reason: str  # "stop", "length", "no_sources", or another reason the LLM reported
     prompt_tokens: int
     completion_tokens: int
     retrieval_ms: float
@@ -70,10 +70,10 @@ class Answerer:
             messages=build_rag_messages(
                 query.question,
                 [ContextPassage(p.item_id, p.title, p.text) for p in passages],
-                max_passage_chars=self.settings.max_passage_chars,
+                max_passage_chars=self.settings.prompt_passage_chars,
             ),
-            max_tokens=query.max_tokens or None,
-            temperature=query.temperature or None,
+            max_tokens=query.max_tokens,
+            temperature=query.temperature,
         )
         parts: list[str] = []
         first_token_at = 0.0
