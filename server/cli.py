@@ -122,7 +122,8 @@ def print_done(done: pb.AnswerDone) -> None:
 
 def finish_reason_name(reason: int) -> str:
     """FINISH_REASON_NO_SOURCES -> "no_sources"."""
-    return pb.FinishReason.Name(reason).removeprefix("FINISH_REASON_").lower()
+    name: str = pb.FinishReason.Name(reason)
+    return name.removeprefix("FINISH_REASON_").lower()
 
 
 def cmd_health(channel: grpc.Channel, args: argparse.Namespace) -> None:
