@@ -47,7 +47,8 @@ from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.config import GatewaySettings
 from server.observability import StageTimer
 from server.pipeline.common import Item
-from server.requests import Filters, HistoryEntry, NewsRecord, PassageRecord, RequestValidator
+from server.domain import Filters, HistoryEntry, NewsRecord, PassageRecord
+from server.requests import RequestValidator
 from server.rpc import unary
 from server.service import news_result, passage_results
 from devstack.process import ManagedProcess, port_open

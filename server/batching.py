@@ -22,8 +22,8 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from server.observability import BATCH_SIZE
-from server.pipeline.common import Encoders, Hit, Searcher
-from server.vector_store import Filters
+from server.domain import Filters, Hit
+from server.pipeline.common import Encoders, Searcher
 
 Call = TypeVar("Call")
 Result = TypeVar("Result")
@@ -92,7 +92,7 @@ class _Search:
 
 
 class BatchedSearch:
-    """`search` like the VectorStore's, with concurrent searches coalesced into nq > 1 calls.
+    """`search` like the MilvusStore's, with concurrent searches coalesced into nq > 1 calls.
 
     Searches batch together when collection, filters and output fields are equal; the batch asks for
     the largest limit and each caller gets its own top `limit` of its rows.

@@ -58,7 +58,9 @@ class MilvusSettings(BaseModel):
         1, ge=1, description="Batched search calls out at once per collection/filter; later ones queue and batch."
     )
     write_batch_rows: int = Field(1000, gt=0, description="Rows per upsert request.")
-    read_batch_ids: int = Field(1000, gt=0, description="Ids per get/delete request and per iterate batch.")
+    read_batch_ids: int = Field(
+        1000, gt=0, le=16384, description="Ids per get/delete request; rows per iterate page (cache warm-up)."
+    )
 
 
 class LLMSettings(BaseModel):
@@ -106,6 +108,9 @@ class RecommendSettings(BaseModel):
     item_cache_ttl_s: float = Field(300.0, gt=0, description="Bound on staleness for writes made via other replicas.")
     cold_start_window_days: float = Field(3.0, gt=0, description="Cold start: recent = this close to the newest item.")
     cold_start_pool: int = Field(1000, gt=0, description="Cold start: recent items read per request, then ranked.")
+    cache_warmup_timeout_s: float = Field(
+        1800.0, gt=0, description="Deadline of the whole item cache warm-up (each page has milvus.timeout_s)."
+    )
 
 
 class RagSettings(BaseModel):

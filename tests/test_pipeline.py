@@ -29,8 +29,7 @@ from server.pipeline.recommend import (
     mmr_order,
 )
 from server.pipeline.search import PassageSearch, QueryVector
-from server.requests import AnswerQuery, HistoryEntry, NewsRecord, RecommendQuery
-from server.vector_store import Filters
+from server.domain import AnswerQuery, Filters, HistoryEntry, NewsRecord, RecommendQuery
 
 pytestmark = pytest.mark.anyio
 DIM = 4
@@ -204,7 +203,7 @@ async def test_search_encodes_the_query_and_returns_passages_with_their_fields()
 class SearchQueryFactory:
     @staticmethod
     def make(text: str):
-        from server.requests import SearchQuery
+        from server.domain import SearchQuery
 
         return SearchQuery(text, 3, Filters())
 
@@ -213,8 +212,9 @@ async def test_ingest_encodes_in_chunks_writes_milvus_and_updates_memory(store: 
     cache, encoders = ItemCache(10, 60), FakeEncoders()
     cold = ColdStart(store, "news", 1, 10)
     ingest = Ingest(encoders, store, cache, cold, "news", "passages", encode_batch=2)
-    records = [NewsRecord(f"n{i}", f"title {i}", "c", "", "", 1000 + i, 0.0) for i in range(5)]
+    records = [NewsRecord(f"n{i}", f"title {i}", "c", "", f"abstract {i}", 1000 + i, 0.0) for i in range(5)]
     assert await ingest.upsert_news(records, ctx()) == 5
+    assert store.rows["news"]["n3"]["abstract"] == "abstract 3"
     assert encoders.calls == [("title", 2), ("title", 2), ("title", 1)]
     assert set(store.rows["news"]) >= {f"n{i}" for i in range(5)}
     assert cache.lookup(["n4"])[1] == [] and cold.newest_published == 1004

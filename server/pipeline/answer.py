@@ -22,7 +22,7 @@ from server.llm.prompt import NO_SOURCES_ANSWER, ContextPassage, build_rag_messa
 from server.llm.types import GenerationRequest
 from server.pipeline.common import Item, RequestContext
 from server.pipeline.search import PassageSearch
-from server.requests import AnswerQuery, SearchQuery
+from server.domain import AnswerQuery, SearchQuery
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from server.domain import Filters, Hit
 from server.errors import DependencyTimeout
 from server.observability import StageTimer
-from server.vector_store import Filters
 
 
 @dataclass
@@ -64,14 +64,8 @@ class Item:
         )
 
 
-class Hit(Protocol):
-    id: str
-    score: float
-    fields: dict[str, Any]
-
-
 class Searcher(Protocol):
-    """ANN search (`server.vector_store.VectorStore`, or `server.batching.BatchedSearch` over it)."""
+    """ANN search (`server.milvus.MilvusStore`, or `server.batching.BatchedSearch` over it)."""
 
     async def search(
         self,
@@ -85,7 +79,7 @@ class Searcher(Protocol):
 
 
 class VectorStore(Searcher, Protocol):
-    """The Milvus operations the stages need (implemented by `server.vector_store.VectorStore`)."""
+    """The Milvus operations the stages need (implemented by `server.milvus.MilvusStore`)."""
 
     async def get(
         self, collection: str, ids: Sequence[str], output_fields: Sequence[str] = (), timeout: float | None = None
@@ -105,8 +99,8 @@ class VectorStore(Searcher, Protocol):
     async def delete(self, collection: str, ids: Sequence[str], timeout: float | None = None) -> int: ...
 
     def iterate(
-        self, collection: str, output_fields: Sequence[str], batch_size: int = 1000
-    ) -> AsyncIterator[list[dict[str, Any]]]: ...
+        self, collection: str, fields: Sequence[str] = (), batch_size: int | None = None, timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class Encoders(Protocol):

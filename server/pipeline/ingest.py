@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from server.domain import NewsRecord, PassageRecord
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import Encoders, RequestContext, VectorStore
 from server.pipeline.recommend import ColdStart
-from server.requests import NewsRecord, PassageRecord
 
 
 class Ingest:
@@ -44,6 +44,7 @@ class Ingest:
                 "id": r.item_id,
                 "vector": vector,
                 "title": r.title,
+                "abstract": r.abstract,
                 "category": r.category,
                 "subcategory": r.subcategory,
                 "published": r.published,

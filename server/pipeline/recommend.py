@@ -17,11 +17,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from server.domain import Filters, HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import Encoders, Item, RequestContext, Searcher, VectorStore
-from server.requests import HistoryEntry, RecommendQuery
-from server.vector_store import Filters
 
 NEWS_FIELDS = ("title", "category", "published")
 SECONDS_PER_DAY = 86_400

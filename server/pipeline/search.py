@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from server.pipeline.common import Encoders, Item, RequestContext, Searcher
-from server.requests import SearchQuery
+from server.domain import SearchQuery
 
 PASSAGE_FIELDS = ("text", "title", "category", "doc_id", "published")
 
