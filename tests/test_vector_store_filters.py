@@ -17,6 +17,7 @@ from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, lite_settings, news_row
 from server.errors import InvalidArgument
 from server.domain import Filters
 from server.milvus import MilvusStore
+from server.milvus.expressions import filter_expression
 
 NEWS = "news"
 # Printable text of any script, quotes and backslashes included; control characters are rejected (below).
@@ -74,5 +75,5 @@ def test_a_category_filter_matches_exactly_the_rows_of_that_category(lite: LiteS
 )
 def test_invalid_filter_values_name_the_field(filters: Filters, field: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        filters.expression()
+        filter_expression(filters)
     assert raised.value.field == field
