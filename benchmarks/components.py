@@ -31,11 +31,11 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import np_to_triton_dtype
 
+import contract
 from benchmarks.loadgen import OK, Reply
 from benchmarks.workload import DemoRequests, Rpc
-from recstack.v1 import gateway_pb2 as pb
-import contract
 from contract.tokenizer import TextTokenizer
+from recstack.v1 import gateway_pb2 as pb
 from server.domain import Hit
 from server.milvus import MilvusStore
 

@@ -42,20 +42,20 @@ import numpy as np
 import torch
 
 from benchmarks.workload import ItemKind, load_catalog, synthetic_category, synthetic_ids
+from contract import layout
+from contract.tokenizer import TextTokenizer
+from devstack.process import ManagedProcess, port_open
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.config import GatewaySettings
+from server.domain import Filters, HistoryEntry, NewsRecord, PassageRecord
 from server.observability import StageTimer
 from server.pipeline.common import Item
-from server.domain import Filters, HistoryEntry, NewsRecord, PassageRecord
 from server.requests import RequestValidator
 from server.rpc import unary
 from server.service import news_result, passage_results
-from devstack.process import ManagedProcess, port_open
-from contract.tokenizer import TextTokenizer
 from training.checkpoint import Checkpoint
 from training.text import text_tokenizer
-from contract import layout
 
 ENCODE_BATCH = 256
 INITIAL_CAPACITY = 1024

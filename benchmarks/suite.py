@@ -80,13 +80,13 @@ from benchmarks.report import (
     scenario_name,
 )
 from benchmarks.scale import SyntheticCatalog, clustered_vectors, load_catalog, release, settle
-from contract import layout
 from benchmarks.stats import ScenarioResult
 from benchmarks.workload import DemoRequests, RequestFactory, RequestOptions, Rpc, SyntheticRequests, synthetic_ids
-from export.catalog import index_catalog
-from server.config import MilvusSettings, RecommendSettings
+from contract import layout
 from devstack.local import HOST, LocalStack, StackConfig
 from devstack.process import StartupError, free_port
+from export.catalog import index_catalog
+from server.config import MilvusSettings, RecommendSettings
 from server.milvus import MilvusStore
 from server.observability import (
     CACHE_WARM_METRIC,

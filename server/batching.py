@@ -21,8 +21,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from server.observability import BATCH_SIZE
 from server.domain import Filters, Hit
+from server.observability import BATCH_SIZE
 from server.pipeline.common import Encoders, Searcher
 
 Call = TypeVar("Call")

@@ -53,10 +53,10 @@ from benchmarks.suite import (
     wait_for_cache_warm,
 )
 from benchmarks.workload import synthetic_ids
-from recstack.v1 import gateway_pb2 as pb
-from server.config import MilvusSettings
 from contract.schemas import NEWS_FIELDS, PASSAGE_FIELDS
 from devstack.process import free_port
+from recstack.v1 import gateway_pb2 as pb
+from server.config import MilvusSettings
 from server.domain import Hit
 from server.observability import (
     CACHE_WARM_METRIC,

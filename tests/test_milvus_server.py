@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 import numpy as np
 import pytest
 import yaml
-from pymilvus import MilvusClient
 from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, listening_addresses, news_row, processes_mentioning
+from pymilvus import MilvusClient
 
-from server.config import MilvusSettings
-from server.errors import DependencyUnavailable
 from devstack.milvus import ETCD_CONFIG, MilvusServer
+from server.config import MilvusSettings
 from server.domain import Filters
+from server.errors import DependencyUnavailable
 from server.milvus import MilvusStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]

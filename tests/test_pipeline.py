@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from server.config import RagSettings
+from server.domain import AnswerQuery, Filters, HistoryEntry, NewsRecord, RecommendQuery
 from server.errors import DependencyTimeout
 from server.item_cache import CachedNews, ItemCache
 from server.llm.prompt import NO_SOURCES_ANSWER
@@ -29,7 +30,6 @@ from server.pipeline.recommend import (
     mmr_order,
 )
 from server.pipeline.search import PassageSearch, QueryVector
-from server.domain import AnswerQuery, Filters, HistoryEntry, NewsRecord, RecommendQuery
 
 pytestmark = pytest.mark.anyio
 DIM = 4

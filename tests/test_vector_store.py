@@ -20,10 +20,10 @@ from milvus_fixtures import (
 )
 from pymilvus import DataType, MilvusClient
 
-from server.config import MilvusSettings
-from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
 from devstack.process import free_port
+from server.config import MilvusSettings
 from server.domain import Filters
+from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
 from server.milvus import MilvusStore, SchemaMismatch
 
 pytestmark = pytest.mark.anyio

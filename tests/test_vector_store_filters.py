@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, lite_settings, news_row
 
-from server.errors import InvalidArgument
 from server.domain import Filters
+from server.errors import InvalidArgument
 from server.milvus import MilvusStore
 from server.milvus.expressions import filter_expression
 

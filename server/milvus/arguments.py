@@ -60,4 +60,3 @@ def check_fields(names: Sequence[str], known: frozenset[str], collection: str, a
     unknown = [name for name in names if name not in known]
     if unknown:
         raise InvalidArgument(argument, f"collection '{collection}' has no field {', '.join(map(repr, unknown))}")
-

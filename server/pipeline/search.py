@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.pipeline.common import Encoders, Item, RequestContext, Searcher
 from server.domain import SearchQuery
+from server.pipeline.common import Encoders, Item, RequestContext, Searcher
 
 PASSAGE_FIELDS = ("text", "title", "category", "doc_id", "published")
 
