@@ -155,6 +155,7 @@ async def test_iterate_pages_in_id_order_whatever_the_write_order_with_quotes_in
     shuffled = random.Random(7).sample(ids, len(ids))
     settings = lite_settings(copy_lite_catalog(template, tmp_path / "paged.db"), write_batch_rows=9)
     async with MilvusStore(settings) as store:
+        await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         for start in range(0, len(shuffled), 20):  # several upsert calls, each in several requests
             chunk = shuffled[start : start + 20]
             await store.upsert(NEWS, [news_row(i, one_hot(n % NEWS_DIM)) for n, i in enumerate(chunk)])

@@ -55,6 +55,9 @@ from server.milvus.schema import METRIC, CollectionSpec, HnswParams, Layout, ens
 
 T = TypeVar("T")
 
+# The query parameter of pymilvus's query_iterator: a limited query then returns the first rows in id order.
+PK_ORDER = {"iterator": "True"}
+
 
 @dataclass
 class MilvusStore:
@@ -209,7 +212,7 @@ class MilvusStore:
     ) -> dict[str, dict[str, Any]]:
         rows: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(ids, self.settings.read_batch_ids):
-            found = await self._read(collection, ids_expression(chunk), fields, None, timeout, "fields")
+            found = await self._read(collection, ids_expression(chunk), fields, timeout, "fields")
             rows.update((row[ID], row) for row in found)
         return rows
 
@@ -218,16 +221,18 @@ class MilvusStore:
     ) -> AsyncIterator[dict[str, Any]]:
         """Every row (as `get` returns them) in id order, in pages of `batch_size` rows.
 
-        Each page is one query for the rows after the previous page's last id, `timeout` applying to each;
-        rows written or deleted meanwhile may or may not be seen. Relies on Milvus returning a limited
-        query's rows in primary-key order, which Lite and the 2.3.5 server do (tests check both).
+        Each page is one query for the first `batch_size` rows after the previous page's last id, `timeout`
+        applying to each; rows written or deleted meanwhile may or may not be seen. The query carries
+        pymilvus's iterator flag (as its `query_iterator` does), under which Lite and the 2.3.5 server return
+        the rows in primary-key order; without it Lite returns any `batch_size` matching rows (tests check both).
         """
         page_size = check_limit(self.settings.read_batch_ids if batch_size is None else batch_size, "batch_size")
         budget = timeout or self.settings.timeout_s
         wanted = [ID, *fields]
         last_id: str | None = None
         while True:
-            page = self._read(collection, after_id_expression(last_id), wanted, page_size, budget, "fields")
+            expression = after_id_expression(last_id)
+            page = self._read(collection, expression, wanted, budget, "fields", limit=page_size, **PK_ORDER)
             rows = await self._call("iterate", page, budget, "collection")
             for row in rows:
                 yield row
@@ -247,13 +252,14 @@ class MilvusStore:
         expression = filter_expression(filters or Filters()) or EVERY_ROW
         check_limit(limit, "limit")
         budget = timeout or self.settings.timeout_s
-        rows = self._read(collection, expression, [ID, *output_fields], limit, budget, "output_fields")
+        rows = self._read(collection, expression, [ID, *output_fields], budget, "output_fields", limit=limit)
         return await self._call("query", rows, budget, "filters")
 
     async def _read(
-        self, collection: str, expression: str, fields: list[str], limit: int | None, timeout: float, argument: str
+        self, collection: str, expression: str, fields: list[str], timeout: float, argument: str, **options: Any
     ) -> list[dict[str, Any]]:
-        """Rows matching `expression` with `fields` (checked against the collection; named `argument`)."""
+        """Rows matching `expression` with `fields` (checked against the collection; named `argument`);
+        `options` are further query parameters (limit, ...)."""
         check_fields(fields, (await self._layout(collection, timeout)).fields, collection, argument)
         found = await self._client.query(
             collection,
@@ -261,7 +267,7 @@ class MilvusStore:
             output_fields=fields,
             consistency_level="Bounded",
             timeout=timeout,
-            **({} if limit is None else {"limit": limit}),
+            **options,
         )
         return [{name: _row_value(name, row[name]) for name in fields} for row in found]
 
