@@ -14,7 +14,7 @@ from real demo data, outside any measured window:
 Direct calls (each a `DirectClient` the load generator drives like a gateway):
   triton.user_encoder   tritonclient.grpc.aio infer of nrms_user_encoder with the case's history
   triton.query_encoder  tritonclient.grpc.aio infer of query_encoder with the case's tokens
-  milvus.search         the VectorStore façade's search with the case's vector, limit and output fields
+  milvus.search         the MilvusStore façade's search with the case's vector, limit and output fields
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from benchmarks.loadgen import OK, Reply
 from benchmarks.workload import DemoRequests, Rpc
 from contract.tokenizer import TextTokenizer
 from recstack.v1 import gateway_pb2 as pb
-from server.vector_store import Hit, VectorStore
+from server.domain import Hit
+from server.milvus import MilvusStore
 
 # What Recommend and Search return per item (RecommendResponse / SearchResponse fields), so the direct
 # Milvus search reads the same output fields as the gateway's.
@@ -124,7 +125,7 @@ class Dependencies:
     """Direct handles on the gateway's Triton and Milvus, with the collections it serves."""
 
     triton: triton_aio.InferenceServerClient
-    store: VectorStore
+    store: MilvusStore
     news_collection: str
     passage_collection: str
 

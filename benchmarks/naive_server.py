@@ -48,9 +48,10 @@ from devstack.process import ManagedProcess, port_open
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.config import GatewaySettings
+from server.domain import Filters, HistoryEntry, NewsRecord, PassageRecord
 from server.observability import StageTimer
 from server.pipeline.common import Item
-from server.requests import Filters, HistoryEntry, NewsRecord, PassageRecord, RequestValidator
+from server.requests import RequestValidator
 from server.rpc import unary
 from server.service import news_result, passage_results
 from training.checkpoint import Checkpoint

@@ -1,7 +1,7 @@
 """ANN recall@k: Milvus's HNSW top-k against the exact top-k (brute-force inner product in NumPy).
 
 recall@k of one query = |ANN top-k ∩ exact top-k| / k; the reported value is the mean over queries.
-Queries go through the same `VectorStore.search` the gateway uses (same metric, same ef from
+Queries go through the same `MilvusStore.search` the gateway uses (same metric, same ef from
 `MilvusSettings.search_ef`, raised to k when smaller), without filters.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from benchmarks.components import CatalogVectors
-from server.vector_store import VectorStore
+from server.milvus import MilvusStore
 
 EXACT_CHUNK_ELEMENTS = 16_000_000  # queries × items scored at once by the brute force (64 MB of float32)
 ANN_BATCH = 64  # queries per Milvus search request
@@ -57,7 +57,7 @@ def recall_at_k(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]], 
 
 
 async def ann_recall(
-    store: VectorStore, collection: str, catalog: CatalogVectors, queries: np.ndarray, k: int = 10
+    store: MilvusStore, collection: str, catalog: CatalogVectors, queries: np.ndarray, k: int = 10
 ) -> Recall:
     """recall@k of `store`'s ANN search over `collection` (which holds exactly `catalog`) for `queries`."""
     exact = [[catalog.ids[row] for row in rows] for rows in exact_top_k(queries, catalog.vectors, k)]

@@ -8,7 +8,7 @@ clustered ones). Ids come from `benchmarks.workload.synthetic_ids`, categories f
 items, as they do on the naive server's `--synthetic-items N` tables.
 
 Each catalog lives in its own pair of collections (`bench_news_<label>_d<D>`, `bench_passages_...`)
-next to the demo catalog's, written with the VectorStore façade's bulk `upsert` straight into Milvus
+next to the demo catalog's, written with the MilvusStore façade's bulk `upsert` straight into Milvus
 (no Triton encoding). A catalog that is already complete is kept: `make bench` loads 1M rows once.
 After loading, the collections are settled (`settle`: flushed, compacted, indexed), so searches measure
 the HNSW index, and no background compaction runs beside the measurements.
@@ -32,7 +32,7 @@ from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 from benchmarks.naive_server import SYNTHETIC_EPOCH
 from benchmarks.workload import ItemKind, synthetic_category, synthetic_ids
 from server.config import MilvusSettings
-from server.vector_store import VectorStore
+from server.milvus import MilvusStore
 
 CLUSTERS = 1024
 CLUSTER_SPREAD = 0.35  # within-cluster standard deviation, relative to the unit-variance centres
@@ -93,7 +93,7 @@ class SyntheticCatalog:
             common = {"id": item_id, "vector": vector, "category": synthetic_category(row)}
             common |= {"title": f"synthetic {kind} {row}", "published": SYNTHETIC_EPOCH + row}
             if kind == "news":
-                rows.append(common | {"subcategory": "synthetic", "popularity": 0.0})
+                rows.append(common | {"abstract": "", "subcategory": "synthetic", "popularity": 0.0})
             else:
                 rows.append(common | {"text": f"synthetic passage text {row}", "doc_id": ""})
         return rows
@@ -143,7 +143,7 @@ async def load_catalog(
     cancelled = cancelled or threading.Event()
     started = time.perf_counter()
     written = 0
-    async with VectorStore(catalog.milvus_settings(uri)) as store:
+    async with MilvusStore(catalog.milvus_settings(uri)) as store:
         await store.ensure_collections(catalog.news_dim, catalog.passage_dim)
         for kind, collection in (("news", catalog.news_collection), ("passage", catalog.passage_collection)):
             if await store.count(collection) == catalog.count:

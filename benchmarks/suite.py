@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -85,7 +87,13 @@ from devstack.local import HOST, LocalStack, StackConfig
 from devstack.process import StartupError, free_port
 from export.catalog import index_catalog
 from server.config import MilvusSettings, RecommendSettings
-from server.vector_store import VectorStore
+from server.milvus import MilvusStore
+from server.observability import (
+    CACHE_WARM_METRIC,
+    CACHE_WARMUP_FAILED_METRIC,
+    CACHE_WARMUP_SECONDS_METRIC,
+    CACHE_WARMUP_VECTORS_METRIC,
+)
 
 K = 10
 CONCURRENCIES = (1, 8)
@@ -234,7 +242,7 @@ async def measure_demo(bench: Bench, stack: LocalStack, naive_target: str, input
     triton = triton_aio.InferenceServerClient(stack.triton.grpc_url)
     try:
         async with (
-            VectorStore(settings) as store,
+            MilvusStore(settings) as store,
             gateway_endpoint(GATEWAY, stack.gateway_address) as ours,
             gateway_endpoint(NAIVE, naive_target) as naive,
         ):
@@ -269,7 +277,7 @@ async def measure_demo(bench: Bench, stack: LocalStack, naive_target: str, input
 
 async def measure_recall(
     collector: Collector,
-    store: VectorStore,
+    store: MilvusStore,
     settings: MilvusSettings,
     news: CatalogVectors,
     passages: CatalogVectors,
@@ -361,7 +369,7 @@ async def compare_synthetic(bench: Bench, catalog: SyntheticCatalog, ours_target
 async def synthetic_recall(catalog: SyntheticCatalog, uri: str) -> dict[str, dict]:
     """recall@10 of each synthetic collection, queried with fresh draws of the same mixture."""
     results = {}
-    async with VectorStore(catalog.milvus_settings(uri)) as store:
+    async with MilvusStore(catalog.milvus_settings(uri)) as store:
         for kind, collection, dim in (
             ("news", catalog.news_collection, catalog.news_dim),
             ("passage", catalog.passage_collection, catalog.passage_dim),
@@ -378,35 +386,49 @@ async def synthetic_recall(catalog: SyntheticCatalog, uri: str) -> dict[str, dic
 
 
 def restart_gateway(stack: LocalStack, env: dict[str, str], cancelled: threading.Event) -> dict:
-    """Restart the stack's gateway with `env`; returns its cache warm-up log record once it is done."""
+    """Restart the stack's gateway with `env`; returns its cache warm-up outcome once the warm-up has ended."""
     stack.gateway.stop()
     stack.config = replace(stack.config, gateway_env=env)
-    log = stack.config.logs / "gateway.log"
-    offset = log.stat().st_size if log.exists() else 0
     stack.start_gateway()
-    return wait_for_cache_warm(log, offset, cancelled=cancelled)
+    return wait_for_cache_warm(stack.metrics_url, cancelled=cancelled)
 
 
 def wait_for_cache_warm(
-    log: Path, offset: int, timeout_s: float = CACHE_WARM_TIMEOUT_S, cancelled: threading.Event | None = None
+    metrics_url: str, timeout_s: float = CACHE_WARM_TIMEOUT_S, cancelled: threading.Event | None = None
 ) -> dict:
-    """The gateway's `cache_warm` (or `cache_warmup_failed`) JSON log record written after byte `offset`.
+    """The gateway's cache warm-up outcome (`cache_warmup_outcome`), polled from its metrics until known.
 
     TimeoutError after `timeout_s`; InterruptedError once `cancelled` is set.
     """
     cancelled = cancelled or threading.Event()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with open(log, "rb") as handle:
-            handle.seek(offset)
-            for line in handle.read().splitlines():
-                with contextlib.suppress(ValueError):
-                    record = json.loads(line)
-                    if isinstance(record, dict) and record.get("event") in ("cache_warm", "cache_warmup_failed"):
-                        return record
+        outcome = cache_warmup_outcome(metrics_url)
+        if outcome is not None:
+            return outcome
         if cancelled.wait(0.5):
-            raise InterruptedError(f"stopped waiting for the gateway's cache warm-up (log {log})")
-    raise TimeoutError(f"the gateway did not finish its cache warm-up within {timeout_s:.0f} s (log {log})")
+            raise InterruptedError(f"stopped waiting for the gateway's cache warm-up ({metrics_url})")
+    raise TimeoutError(f"the gateway did not finish its cache warm-up within {timeout_s:.0f} s ({metrics_url})")
+
+
+def cache_warmup_outcome(metrics_url: str) -> dict | None:
+    """{"event": "cache_warm" | "cache_warmup_failed", "failed", "vectors", "seconds"} from the gateway's
+    `recstack_item_cache_warm*` gauges; None while the warm-up runs or the metrics are not served yet."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
+    failed = values.get(CACHE_WARMUP_FAILED_METRIC) == 1
+    if not failed and values.get(CACHE_WARM_METRIC) != 1:
+        return None
+    return {
+        "event": "cache_warmup_failed" if failed else "cache_warm",
+        "failed": failed,
+        "vectors": int(values[CACHE_WARMUP_VECTORS_METRIC]),
+        "seconds": round(values[CACHE_WARMUP_SECONDS_METRIC], 2),
+    }
 
 
 # ---------------------------------------------------------------------------------------- the run

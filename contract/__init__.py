@@ -2,7 +2,8 @@
 
 - `contract.models`: the served encoders (names, tensors, which text field feeds each).
 - `contract.tokenizer`: texts -> token ids, the one code path used by training and the gateway.
-- `contract.layout`: where every generated artifact lives.
+- `contract.layout`: where every generated file lives.
+- `contract.schemas`: the Milvus collections' fields (names, types, byte limits) as plain data.
 """
 
 from contract.models import (

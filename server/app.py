@@ -29,7 +29,8 @@ from server.health import HealthMonitor
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
 from server.llm import make_llm_client
-from server.observability import configure_logging
+from server.milvus import MilvusStore
+from server.observability import configure_logging, record_cache_warmup
 from server.pipeline.answer import Answerer
 from server.pipeline.common import CatalogClock
 from server.pipeline.ingest import Ingest
@@ -46,7 +47,6 @@ from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
 from server.triton import TritonEncoders
-from server.vector_store import VectorStore
 
 log = structlog.get_logger("recstack.gateway")
 
@@ -57,7 +57,7 @@ class GatewayApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.encoders = TritonEncoders.from_settings(settings.triton)
-        self.store = VectorStore(settings.milvus)
+        self.store = MilvusStore(settings.milvus)
         rec = settings.recommend
         self.cache = ItemCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
         self.clock = CatalogClock()  # fed by the warm-up and by ingest, read by ColdStart
@@ -146,17 +146,32 @@ class GatewayApp:
             await asyncio.sleep(1.0)
 
     async def _warm_cache(self) -> None:
-        """Fill the item cache and the catalog clock from Milvus, in the background."""
+        """Fill the item cache and the catalog clock from Milvus, in the background, page by page.
+
+        Each page has the normal Milvus call deadline, the whole warm-up `recommend.cache_warmup_timeout_s`.
+        The outcome is published as metrics (`recstack_item_cache_warm*`) and as the `recstack.v1.Gateway.Cache` health
+        status, and logged.
+        """
         started = time.perf_counter()
+        limit_s = self.settings.recommend.cache_warmup_timeout_s
         try:
-            async for row in self.store.iterate(self.settings.milvus.news_collection, CACHED_FIELDS):
-                self.clock.observe(int(row["published"]))
-                if self.cache.has_room():
-                    self.cache.store({row["id"]: CachedNews.from_row(row)})
+            async with asyncio.timeout(limit_s):
+                await self._load_catalog()
         except Exception as error:  # warm-up is an optimisation: requests fall back to Milvus
-            log.warning("cache_warmup_failed", error=str(error))
+            reason = f"not finished within {limit_s:g} s" if isinstance(error, TimeoutError) else str(error)
+            record_cache_warmup(len(self.cache), time.perf_counter() - started, failed=True)
+            log.warning("cache_warmup_failed", error=reason, vectors=len(self.cache))
             return
-        log.info("cache_warm", vectors=len(self.cache), seconds=round(time.perf_counter() - started, 2))
+        seconds = time.perf_counter() - started
+        record_cache_warmup(len(self.cache), seconds, failed=False)
+        await self.health.set_cache_warm()
+        log.info("cache_warm", vectors=len(self.cache), seconds=round(seconds, 2))
+
+    async def _load_catalog(self) -> None:
+        async for row in self.store.iterate(self.settings.milvus.news_collection, CACHED_FIELDS):
+            self.clock.observe(int(row["published"]))
+            if self.cache.has_room():
+                self.cache.store({row["id"]: CachedNews.from_row(row)})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.shutdown()

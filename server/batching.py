@@ -22,9 +22,9 @@ from typing import Generic, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from server.domain import Filters, Hit
 from server.observability import BATCH_SIZE
 from server.pipeline.common import Encoders, Searcher
-from server.vector_store import Filters, Hit
 
 Key = TypeVar("Key", bound=Hashable)
 Call = TypeVar("Call")
@@ -97,7 +97,7 @@ class _Search:
 
 
 class BatchedSearch:
-    """`search` like the VectorStore's, with concurrent searches coalesced into nq > 1 calls.
+    """`search` like the MilvusStore's, with concurrent searches coalesced into nq > 1 calls.
 
     Searches batch together when collection, filters and output fields are equal; the batch asks for
     the largest limit and each caller gets its own top `limit` of its rows.

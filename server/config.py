@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 import contract
 from contract import layout
-from contract.limits import CATEGORY_MAX_BYTES, ID_MAX_BYTES
+from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
 
 
 class Section(BaseModel):
@@ -68,7 +68,9 @@ class MilvusSettings(Section):
         1, ge=1, description="Batched search calls out at once per collection/filter; later ones queue and batch."
     )
     write_batch_rows: int = Field(1000, gt=0, description="Rows per upsert request.")
-    read_batch_ids: int = Field(1000, gt=0, description="Ids per get/delete request and per iterate batch.")
+    read_batch_ids: int = Field(
+        1000, gt=0, le=16384, description="Ids per get/delete request; rows per iterate page (cache warm-up)."
+    )
 
 
 class LLMSettings(Section):
@@ -97,8 +99,13 @@ class GatewaySettings(Section):
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
     max_concurrent_rpcs: int = Field(256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED.")
     max_k: int = Field(100, gt=0, description="Most results per Recommend/Search request.")
-    max_text_chars: int = Field(2000, gt=0, description="Longest query, question or title accepted.")
-    max_upsert_passage_chars: int = Field(8000, gt=0, description="Longest passage text accepted by UpsertItems.")
+    # Characters take up to 4 bytes in UTF-8: these bounds keep every accepted text storable in Milvus.
+    max_text_chars: int = Field(
+        2000, gt=0, le=TITLE_MAX_BYTES // 4, description="Longest query, question, title or abstract accepted."
+    )
+    max_upsert_passage_chars: int = Field(
+        8000, gt=0, le=TEXT_MAX_BYTES // 4, description="Longest passage text accepted by UpsertItems."
+    )
     max_upsert_batch: int = Field(1000, gt=0, description="Most items (or ids) per UpsertItems/DeleteItems call.")
     max_id_bytes: int = Field(
         ID_MAX_BYTES, gt=0, le=ID_MAX_BYTES, description="Longest id (UTF-8 bytes); at most what Milvus stores."
@@ -127,6 +134,9 @@ class RecommendSettings(Section):
     item_cache_ttl_s: float = Field(300.0, gt=0, description="Bound on staleness for writes made via other replicas.")
     cold_start_window_days: float = Field(3.0, gt=0, description="Cold start: recent = this close to the newest item.")
     cold_start_pool: int = Field(1000, gt=0, description="Cold start: recent items read per request, then ranked.")
+    cache_warmup_timeout_s: float = Field(
+        1800.0, gt=0, description="Deadline of the whole item cache warm-up (each page has milvus.timeout_s)."
+    )
 
 
 class RagSettings(Section):

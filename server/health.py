@@ -4,6 +4,8 @@ Service names and what each needs to be SERVING:
 - `recstack.v1.Gateway`: Triton and Milvus (Recommend, Search, UpsertItems, DeleteItems work);
   point load balancers and readiness probes for recommendation/search traffic here;
 - `recstack.v1.Gateway.Answer`: Triton, Milvus and the LLM;
+- `recstack.v1.Gateway.Cache`: what `recstack.v1.Gateway` needs, and the item cache warm-up finished
+  (Recommend then reads history vectors from memory); it stays NOT_SERVING when the warm-up failed;
 - `""` (the whole server): every dependency.
 """
 
@@ -17,6 +19,7 @@ from grpc_health.v1 import health, health_pb2
 
 SERVICE = "recstack.v1.Gateway"
 ANSWER_SERVICE = f"{SERVICE}.Answer"
+CACHE_SERVICE = f"{SERVICE}.Cache"
 
 Probe = Callable[[], Awaitable[bool]]
 log = structlog.get_logger("recstack.health")
@@ -27,12 +30,15 @@ class HealthMonitor:
         self.servicer = health.aio.HealthServicer()
         self.probes = probes
         self.interval_s = interval_s
+        serving: list[str] = [d for d in ("triton", "milvus") if d in probes]
         self.groups: dict[str, list[str]] = {
-            SERVICE: [d for d in ("triton", "milvus") if d in probes],
+            SERVICE: serving,
+            CACHE_SERVICE: serving,
             ANSWER_SERVICE: list(probes),
             "": list(probes),
         }
         self.state: dict[str, bool] = {}
+        self.cache_warm = False
 
     async def check(self) -> dict[str, bool]:
         """Probe every dependency once (concurrently) and publish the statuses."""
@@ -41,11 +47,19 @@ class HealthMonitor:
         if state != self.state:
             log.info("dependencies", **state)
         self.state = state
+        await self._publish()
+        return state
+
+    async def set_cache_warm(self) -> None:
+        """The item cache warm-up has finished: `CACHE_SERVICE` follows the dependencies from now on."""
+        self.cache_warm = True
+        await self._publish()
+
+    async def _publish(self) -> None:
         for service, needed in self.groups.items():
-            serving = all(state[d] for d in needed)
+            serving = all(self.state.get(d, False) for d in needed) and (service != CACHE_SERVICE or self.cache_warm)
             status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
             await self.servicer.set(service, status)
-        return state
 
     async def run(self) -> None:
         while True:

@@ -5,6 +5,9 @@ Metric names:
 - `recstack_stage_seconds{stage}`: time per pipeline stage (e.g. `triton.user_encoder`, `milvus.search`);
 - `recstack_inflight_rpcs{method}`: RPCs being served now;
 - `recstack_item_cache_total{result}`: catalog lookups served from memory (`hit`) or Milvus (`miss`);
+- `recstack_item_cache_warm`: 1 once the item cache warm-up has finished, `recstack_item_cache_warmup_failed`
+  1 when it failed (requests then read Milvus), `recstack_item_cache_warmup_vectors` and
+  `recstack_item_cache_warmup_seconds` what it loaded and how long it took;
 - `recstack_coalesced_calls{call}`: how many concurrent calls each downstream request carried
   (`milvus.search`, `triton.users`, `triton.texts`; see `server.batching`).
 """
@@ -28,9 +31,24 @@ RPC_SECONDS = Histogram("recstack_rpc_seconds", "Gateway RPC latency.", ["method
 STAGE_SECONDS = Histogram("recstack_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"])
 ITEM_CACHE = Counter("recstack_item_cache_total", "Catalog lookups served from memory or not.", ["result"])
+CACHE_WARM_METRIC = "recstack_item_cache_warm"
+CACHE_WARMUP_FAILED_METRIC = "recstack_item_cache_warmup_failed"
+CACHE_WARMUP_VECTORS_METRIC = "recstack_item_cache_warmup_vectors"
+CACHE_WARMUP_SECONDS_METRIC = "recstack_item_cache_warmup_seconds"
+CACHE_WARM = Gauge(CACHE_WARM_METRIC, "1 once the item cache warm-up has finished, else 0.")
+CACHE_WARMUP_FAILED = Gauge(CACHE_WARMUP_FAILED_METRIC, "1 when the item cache warm-up failed, else 0.")
+CACHE_WARMUP_VECTORS = Gauge(CACHE_WARMUP_VECTORS_METRIC, "News vectors in gateway memory when the warm-up ended.")
+CACHE_WARMUP_SECONDS = Gauge(CACHE_WARMUP_SECONDS_METRIC, "How long the item cache warm-up took.")
 BATCH_SIZE = Histogram(
     "recstack_coalesced_calls", "Calls merged into one downstream request.", ["call"], buckets=(1, 2, 4, 8, 16, 32, 64)
 )
+
+
+def record_cache_warmup(vectors: int, seconds: float, failed: bool) -> None:
+    """Publish the item cache warm-up's outcome (its gauges are all 0 while it runs)."""
+    CACHE_WARMUP_VECTORS.set(vectors)
+    CACHE_WARMUP_SECONDS.set(seconds)
+    (CACHE_WARMUP_FAILED if failed else CACHE_WARM).set(1)
 
 
 class StageTimer:

@@ -1,4 +1,5 @@
-"""Validated, typed requests: protobuf messages in, plain dataclasses out, or `InvalidArgument` naming the field.
+"""Validated, typed requests: protobuf messages in, `server.domain` dataclasses out, or `InvalidArgument` naming
+the field.
 
 Everything a pipeline stage receives has passed through here, so stages never re-check input.
 """
@@ -6,66 +7,20 @@ Everything a pipeline stage receives has passed through here, so stages never re
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 from recstack.v1 import gateway_pb2 as pb
 from server.config import GatewaySettings, RagSettings
+from server.domain import (
+    AnswerQuery,
+    Filters,
+    HistoryEntry,
+    NewsRecord,
+    PassageRecord,
+    RecommendQuery,
+    SearchQuery,
+)
 from server.errors import InvalidArgument
-from server.vector_store import Filters
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    item_id: str
-    title: str
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendQuery:
-    user_id: str
-    history: tuple[HistoryEntry, ...]
-    k: int
-    filters: Filters
-    exclude_seen: bool
-    diversity: float
-
-
-@dataclass(frozen=True, slots=True)
-class SearchQuery:
-    text: str
-    k: int
-    filters: Filters
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerQuery:
-    question: str
-    k: int
-    filters: Filters
-    max_tokens: int | None  # None: the LLM client's default
-    temperature: float | None  # None: the LLM client's default
-
-
-@dataclass(frozen=True, slots=True)
-class NewsRecord:
-    item_id: str
-    title: str
-    category: str
-    subcategory: str
-    abstract: str
-    published: int  # unix seconds, 0 = unknown
-    popularity: float
-
-
-@dataclass(frozen=True, slots=True)
-class PassageRecord:
-    item_id: str
-    text: str
-    title: str
-    category: str
-    doc_id: str
-    published: int
 
 
 class _HasTimestamp(Protocol):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from server.config import MilvusSettings
-from server.vector_store import VectorStore
+from server.milvus import MilvusStore
 
 NEWS_DIM = 8
 PASSAGE_DIM = 4
@@ -30,6 +30,7 @@ def news_row(row_id: str, vector: np.ndarray, **fields: Any) -> dict[str, Any]:
         "id": row_id,
         "vector": np.asarray(vector, dtype=np.float32),
         "title": f"title of {row_id}",
+        "abstract": "",
         "category": "news",
         "subcategory": "",
         "published": 0,
@@ -61,7 +62,7 @@ def make_lite_catalog(path: Path) -> Path:
     """Create both collections in a Lite catalog at `path` and release it (Lite index setup takes ~1 s)."""
 
     async def create() -> None:
-        async with VectorStore(lite_settings(path)) as store:
+        async with MilvusStore(lite_settings(path)) as store:
             await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
 
     asyncio.run(create())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from server.batching import BatchedEncoders, BatchedSearch, Coalescer
-from server.vector_store import Filters, Hit
+from server.domain import Filters, Hit
 
 pytestmark = pytest.mark.anyio
 

@@ -11,11 +11,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 from rich.console import Console
 
@@ -51,9 +53,17 @@ from benchmarks.suite import (
     wait_for_cache_warm,
 )
 from benchmarks.workload import synthetic_ids
+from contract.schemas import NEWS_FIELDS, PASSAGE_FIELDS
+from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from server.config import MilvusSettings
-from server.vector_store import NEWS_FIELDS, PASSAGE_FIELDS, Hit
+from server.domain import Hit
+from server.observability import (
+    CACHE_WARM_METRIC,
+    CACHE_WARMUP_FAILED_METRIC,
+    CACHE_WARMUP_SECONDS_METRIC,
+    CACHE_WARMUP_VECTORS_METRIC,
+)
 
 BUDGETS = Path(__file__).resolve().parents[1] / "benchmarks" / "budgets.yaml"
 
@@ -327,16 +337,50 @@ def test_size_labels_and_parsing_round_trip() -> None:
 # ------------------------------------------------------------------------------------- process helpers
 
 
-def test_cache_warm_record_is_read_after_the_offset(tmp_path: Path) -> None:
-    log = tmp_path / "gateway.log"
-    log.write_text(json.dumps({"event": "cache_warm", "vectors": 1}) + "\n")
-    offset = log.stat().st_size
-    with log.open("a") as handle:
-        handle.write("not json\n" + json.dumps({"event": "serving"}) + "\n")
-        handle.write(json.dumps({"event": "cache_warm", "vectors": 7}) + "\n")
-    assert wait_for_cache_warm(log, offset, timeout_s=5)["vectors"] == 7
+@pytest.fixture
+def gateway_metrics() -> Iterator[tuple[str, dict[str, Gauge]]]:
+    """A metrics endpoint serving the gateway's cache warm-up gauges (all 0 at first) for the test to set."""
+    registry = CollectorRegistry()
+    names = (CACHE_WARM_METRIC, CACHE_WARMUP_FAILED_METRIC, CACHE_WARMUP_VECTORS_METRIC, CACHE_WARMUP_SECONDS_METRIC)
+    gauges = {name: Gauge(name, name, registry=registry) for name in names}
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = generate_latest(registry)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", gauges
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("flag", "event"), [(CACHE_WARM_METRIC, "cache_warm"), (CACHE_WARMUP_FAILED_METRIC, "cache_warmup_failed")]
+)
+def test_cache_warm_outcome_is_polled_from_the_gateway_metrics(
+    gateway_metrics: tuple[str, dict[str, Gauge]], flag: str, event: str
+) -> None:
+    url, gauges = gateway_metrics
     with pytest.raises(TimeoutError, match="cache warm-up"):
-        wait_for_cache_warm(log, log.stat().st_size, timeout_s=0.2)
+        wait_for_cache_warm(url, timeout_s=0.2)  # still warming: every gauge 0
+    gauges[CACHE_WARMUP_VECTORS_METRIC].set(7)
+    gauges[CACHE_WARMUP_SECONDS_METRIC].set(1.234)
+    gauges[flag].set(1)
+    outcome = wait_for_cache_warm(url, timeout_s=5)
+    assert outcome == {"event": event, "failed": event != "cache_warm", "vectors": 7, "seconds": 1.23}
+
+
+def test_cache_warm_wait_times_out_while_the_gateway_serves_no_metrics() -> None:
+    with pytest.raises(TimeoutError, match="cache warm-up"):
+        wait_for_cache_warm(f"http://127.0.0.1:{free_port('127.0.0.1')}/metrics", timeout_s=0.2)
 
 
 def test_start_together_runs_every_start_and_raises_the_first_failure() -> None:
@@ -472,11 +516,11 @@ def test_ctrl_c_during_startup_cancels_the_long_waits_and_is_raised(tmp_path: Pa
 
     def wait_for_the_gateway() -> None:
         try:
-            wait_for_cache_warm(tmp_path / "gateway.log", 0, timeout_s=600, cancelled=cancelled)
+            metrics_url = f"http://127.0.0.1:{free_port('127.0.0.1')}/metrics"
+            wait_for_cache_warm(metrics_url, timeout_s=600, cancelled=cancelled)
         except InterruptedError as error:
             gave_up.append(str(error))
 
-    (tmp_path / "gateway.log").write_text("")
     threading.Timer(0.2, _thread.interrupt_main).start()  # what Ctrl-C does to the main thread
     with pytest.raises(KeyboardInterrupt):
         start_together(wait_for_the_gateway, cancelled=cancelled)

@@ -14,7 +14,7 @@ from benchmarks.recall import ann_recall
 from benchmarks.report import GATEWAY, overhead_ms, scenario_name
 from benchmarks.suite import Bench, Profile, direct_endpoints, gateway_endpoint
 from server.config import MilvusSettings, RecommendSettings
-from server.vector_store import VectorStore
+from server.milvus import MilvusStore
 
 pytestmark = pytest.mark.stack
 
@@ -26,7 +26,7 @@ async def measure(stack, data_dir) -> tuple[Bench, dict]:
     settings = MilvusSettings(uri=stack.milvus.uri)
     triton = triton_aio.InferenceServerClient(stack.triton.grpc_url)
     try:
-        async with VectorStore(settings) as store, gateway_endpoint(GATEWAY, stack.gateway_address) as ours:
+        async with MilvusStore(settings) as store, gateway_endpoint(GATEWAY, stack.gateway_address) as ours:
             deps = Dependencies(triton, store, settings.news_collection, settings.passage_collection)
             news = await deps.catalog_vectors(settings.news_collection)
             history = RecommendSettings().max_history

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from contract.limits import CATEGORY_MAX_BYTES, ID_MAX_BYTES
+from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
 from server.config import GatewaySettings, RagSettings, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,13 @@ def test_id_and_category_limits_default_to_and_cannot_exceed_what_milvus_stores(
         GatewaySettings(max_id_bytes=ID_MAX_BYTES + 1)
     with pytest.raises(ValidationError, match="max_category_bytes"):
         GatewaySettings(max_category_bytes=CATEGORY_MAX_BYTES + 1)
+
+
+def test_text_limits_cannot_exceed_what_milvus_stores_at_four_bytes_a_character() -> None:
+    with pytest.raises(ValidationError, match="max_text_chars"):
+        GatewaySettings(max_text_chars=TITLE_MAX_BYTES // 4 + 1)
+    with pytest.raises(ValidationError, match="max_upsert_passage_chars"):
+        GatewaySettings(max_upsert_passage_chars=TEXT_MAX_BYTES // 4 + 1)
 
 
 def test_the_default_number_of_passages_must_be_allowed() -> None:

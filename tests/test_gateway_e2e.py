@@ -20,12 +20,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from prometheus_client import REGISTRY
 
+from benchmarks.suite import wait_for_cache_warm
 from devstack.local import gateway_serving
 from devstack.process import ManagedProcess, free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
-from server.config import GatewaySettings, RagSettings
-from server.health import SERVICE
+from server.config import GatewaySettings, MilvusSettings, RagSettings
+from server.health import CACHE_SERVICE, SERVICE
+from server.milvus import MilvusStore
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
@@ -315,6 +317,25 @@ def test_prometheus_metrics_count_rpcs_and_stages(gateway, stack) -> None:
     text = httpx.get(stack.metrics_url, timeout=5).text
     assert 'recstack_rpc_seconds_count{code="OK",method="Search"}' in text
     assert 'recstack_stage_seconds_count{stage="milvus.search"}' in text
+
+
+def test_the_cache_warm_up_is_reported_by_metrics_and_the_cache_health_service(stack) -> None:
+    outcome = wait_for_cache_warm(stack.metrics_url, timeout_s=60)
+    assert outcome["event"] == "cache_warm" and not outcome["failed"] and outcome["seconds"] >= 0
+    assert gateway_serving(stack.gateway_address, CACHE_SERVICE)
+
+
+def test_an_upserted_abstract_is_stored_with_the_news_item(gateway, stack) -> None:
+    news = pb.NewsItem(id=unique("N"), title="Abstracts are kept", abstract="What the story says, ünïcode included.")
+    assert gateway.UpsertItems(pb.UpsertItemsRequest(news=[news]), timeout=10).news_upserted == 1
+
+    async def stored_abstract() -> str:
+        async with MilvusStore(MilvusSettings(uri=stack.milvus.uri)) as store:
+            rows = await store.get(MilvusSettings().news_collection, [news.id], ["abstract"])
+        return rows[news.id]["abstract"]
+
+    assert asyncio.run(stored_abstract()) == news.abstract
+    gateway.DeleteItems(pb.DeleteItemsRequest(news_ids=[news.id]), timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The REAL Milvus standalone 2.3.5 (PyPI `milvus`) through MilvusServer and VectorStore: addresses,
+"""The REAL Milvus standalone 2.3.5 (PyPI `milvus`) through MilvusServer and MilvusStore: addresses,
 read-your-writes, a stop (nothing left running, calls fail fast), a restart on the same data (writes
 survive, the same store recovers)."""
 
@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import yaml
 from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, listening_addresses, news_row, processes_mentioning
+from pymilvus import MilvusClient
 
 from devstack.milvus import ETCD_CONFIG, MilvusServer
 from server.config import MilvusSettings
+from server.domain import Filters
 from server.errors import DependencyUnavailable
-from server.vector_store import Filters, VectorStore
+from server.milvus import MilvusStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]
 
@@ -32,8 +34,8 @@ def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
 
 
 @pytest.fixture
-async def store(milvus: MilvusServer) -> AsyncIterator[VectorStore]:
-    async with VectorStore(MilvusSettings(uri=milvus.uri)) as store:
+async def store(milvus: MilvusServer) -> AsyncIterator[MilvusStore]:
+    async with MilvusStore(MilvusSettings(uri=milvus.uri)) as store:
         await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         yield store
 
@@ -57,7 +59,7 @@ def test_every_listener_is_on_loopback(milvus: MilvusServer) -> None:
     assert {address for address, _ in listening_addresses(milvus.pid)} == {LOOPBACK}
 
 
-async def test_an_acknowledged_write_is_visible_to_the_next_read(store: VectorStore) -> None:
+async def test_an_acknowledged_write_is_visible_to_the_next_read(store: MilvusStore) -> None:
     for n in range(5):
         row_id = f"ryw-{n}"
         vector = np.full(NEWS_DIM, 100.0 + n, dtype=np.float32)
@@ -71,7 +73,7 @@ async def test_an_acknowledged_write_is_visible_to_the_next_read(store: VectorSt
         assert await store.get(NEWS, [row_id]) == {}
 
 
-async def test_category_filters_with_quotes_and_backslashes_match_exactly(store: VectorStore) -> None:
+async def test_category_filters_with_quotes_and_backslashes_match_exactly(store: MilvusStore) -> None:
     categories = ['say "hi"', "back\\slash\\", '"] or category != "', "é 中文 🙂", "plain"]
     vector = np.full(NEWS_DIM, -50.0, dtype=np.float32)
     rows = [news_row(f"cat-{n}", vector, category=category) for n, category in enumerate(categories)]
@@ -82,8 +84,24 @@ async def test_category_filters_with_quotes_and_backslashes_match_exactly(store:
     await store.delete(NEWS, [row["id"] for row in rows])
 
 
+async def test_iterate_pages_in_id_order_across_sealed_and_growing_segments(
+    milvus: MilvusServer, store: MilvusStore
+) -> None:
+    ids = [f"page-{i:03d}" for i in range(90)] + ['page-"q"', "page-\\b"]
+    sealed, growing = ids[::2], ids[1::2]  # interleaved ids: every page mixes both segments
+    await store.upsert(NEWS, [news_row(i, np.full(NEWS_DIM, 3.0, dtype=np.float32)) for i in sealed])
+    client = MilvusClient(milvus.uri)
+    await asyncio.to_thread(client.flush, NEWS)
+    client.close()
+    await store.upsert(NEWS, [news_row(i, np.full(NEWS_DIM, 4.0, dtype=np.float32)) for i in reversed(growing)])
+    seen = [row["id"] async for row in store.iterate(NEWS, ["published"], batch_size=10)]
+    assert seen == sorted(set(seen))  # more rows than one page: each once, in id order
+    assert [i for i in seen if i.startswith("page-")] == sorted(ids)
+    await store.delete(NEWS, ids)
+
+
 async def test_a_stopped_server_fails_calls_fast_and_after_a_restart_the_same_store_has_every_write(
-    milvus: MilvusServer, store: VectorStore
+    milvus: MilvusServer, store: MilvusStore
 ) -> None:
     rows = [news_row(f"durable-{i}", np.full(NEWS_DIM, float(i), dtype=np.float32)) for i in range(20)]
     await store.upsert(NEWS, rows)  # acknowledged, never flushed

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,17 @@ def test_the_checker_sees_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("import os\nfrom devstack.process import free_port\nimport server.config as c\nfrom . import x\n")
     assert imported_packages(module) == {"devstack", "server"}
+
+
+@pytest.mark.parametrize(
+    ("module", "not_loaded"),
+    [
+        ("server.domain", ("pymilvus", "grpc", "tritonclient", "google.protobuf")),
+        ("contract.schemas", ("pymilvus", "grpc", "tritonclient", "google.protobuf")),
+        ("server.requests", ("pymilvus", "tritonclient")),  # validating a request needs no database client
+    ],
+)
+def test_domain_types_and_validation_load_no_database_client(module: str, not_loaded: tuple[str, ...]) -> None:
+    check = f"import sys, {module}; print(sorted(m for m in {not_loaded!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", f"importing {module} loads {loaded.stdout.strip()}"

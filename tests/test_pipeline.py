@@ -12,6 +12,7 @@ import pytest
 
 from recstack.v1 import gateway_pb2 as pb
 from server.config import GatewaySettings, RagSettings
+from server.domain import AnswerQuery, Filters, HistoryEntry, NewsRecord, RecommendQuery
 from server.errors import DependencyTimeout
 from server.item_cache import CachedNews, ItemCache
 from server.llm.prompt import NO_SOURCES_ANSWER
@@ -33,9 +34,8 @@ from server.pipeline.recommend import (
     personal_stages,
 )
 from server.pipeline.search import PassageSearch, QueryVector
-from server.requests import AnswerQuery, HistoryEntry, NewsRecord, RecommendQuery, RequestValidator
+from server.requests import RequestValidator
 from server.service import answer_chunk
-from server.vector_store import Filters
 
 pytestmark = pytest.mark.anyio
 DIM = 4
@@ -285,7 +285,7 @@ async def test_search_encodes_the_query_and_returns_passages_with_their_fields()
 class SearchQueryFactory:
     @staticmethod
     def make(text: str):
-        from server.requests import SearchQuery
+        from server.domain import SearchQuery
 
         return SearchQuery(text, 3, Filters())
 
@@ -294,8 +294,9 @@ async def test_ingest_encodes_in_chunks_writes_milvus_and_updates_memory(store: 
     cache, encoders = ItemCache(10, 60), FakeEncoders()
     clock = CatalogClock()
     ingest = Ingest(encoders, store, cache, clock, "news", "passages", encode_batch=2)
-    records = [NewsRecord(f"n{i}", f"title {i}", "c", "", "", 1000 + i, 0.0) for i in range(5)]
+    records = [NewsRecord(f"n{i}", f"title {i}", "c", "", f"abstract {i}", 1000 + i, 0.0) for i in range(5)]
     assert await ingest.upsert_news(records, ctx()) == 5
+    assert store.rows["news"]["n3"]["abstract"] == "abstract 3"
     assert encoders.calls == [("title", 2), ("title", 2), ("title", 1)]
     assert set(store.rows["news"]) >= {f"n{i}" for i in range(5)}
     assert cache.lookup(["n4"])[1] == [] and clock.newest_published == 1004

@@ -1,7 +1,8 @@
-"""VectorStore against Milvus Lite (in process): schema setup, writes, reads, filters and error mapping."""
+"""MilvusStore against Milvus Lite (in process): schema setup, writes, reads, filters and error mapping."""
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,8 +22,9 @@ from pymilvus import DataType, MilvusClient
 
 from devstack.process import free_port
 from server.config import MilvusSettings
+from server.domain import Filters
 from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
-from server.vector_store import Filters, SchemaMismatch, VectorStore
+from server.milvus import MilvusStore, SchemaMismatch
 
 pytestmark = pytest.mark.anyio
 
@@ -36,8 +38,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def store(template: Path, tmp_path: Path) -> AsyncIterator[VectorStore]:
-    async with VectorStore(lite_settings(copy_lite_catalog(template, tmp_path / "catalog.db"))) as store:
+async def store(template: Path, tmp_path: Path) -> AsyncIterator[MilvusStore]:
+    async with MilvusStore(lite_settings(copy_lite_catalog(template, tmp_path / "catalog.db"))) as store:
         await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         yield store
 
@@ -52,7 +54,7 @@ def one_hot(index: int, dim: int = NEWS_DIM, scale: float = 1.0) -> np.ndarray:
 
 
 async def test_ensure_collections_creates_both_collections_ready_for_rows(tmp_path: Path) -> None:
-    async with VectorStore(lite_settings(tmp_path / "new.db")) as store:
+    async with MilvusStore(lite_settings(tmp_path / "new.db")) as store:
         await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         assert await store.ready()
         await store.upsert(NEWS, [news_row("n1", one_hot(0), popularity=0.5)])
@@ -60,13 +62,13 @@ async def test_ensure_collections_creates_both_collections_ready_for_rows(tmp_pa
         assert (await store.count(NEWS), await store.count(PASSAGES)) == (1, 1)
 
 
-async def test_ensure_collections_is_idempotent_and_keeps_rows(store: VectorStore) -> None:
+async def test_ensure_collections_is_idempotent_and_keeps_rows(store: MilvusStore) -> None:
     await store.upsert(NEWS, [news_row("n1", one_hot(0))])
     await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
     assert await store.count(NEWS) == 1
 
 
-async def test_ensure_collections_rejects_an_existing_collection_of_another_dim(store: VectorStore) -> None:
+async def test_ensure_collections_rejects_an_existing_collection_of_another_dim(store: MilvusStore) -> None:
     with pytest.raises(SchemaMismatch, match=r"'news'.*vector: expected \('FLOAT_VECTOR', 16"):
         await store.ensure_collections(16, PASSAGE_DIM)
 
@@ -82,7 +84,7 @@ async def test_ensure_collections_rejects_an_existing_collection_with_other_fiel
     index.add_index("vector", index_type="HNSW", metric_type="IP", params={"M": 8, "efConstruction": 32})
     client.create_collection(NEWS, schema=schema, index_params=index)
     client.close()
-    async with VectorStore(lite_settings(path)) as store:
+    async with MilvusStore(lite_settings(path)) as store:
         with pytest.raises(SchemaMismatch, match=r"popularity: expected .*found no field"):
             await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
 
@@ -90,7 +92,7 @@ async def test_ensure_collections_rejects_an_existing_collection_with_other_fiel
 # ---- writes ----------------------------------------------------------------------------------------
 
 
-async def test_upserting_an_id_twice_keeps_one_row_with_the_latest_values(store: VectorStore) -> None:
+async def test_upserting_an_id_twice_keeps_one_row_with_the_latest_values(store: MilvusStore) -> None:
     assert await store.upsert(NEWS, [news_row("n1", one_hot(0), title="old")]) == 1
     await store.upsert(NEWS, [news_row("n1", one_hot(1), title="new")])
     assert await store.count(NEWS) == 1
@@ -101,14 +103,14 @@ async def test_upserting_an_id_twice_keeps_one_row_with_the_latest_values(store:
 
 async def test_upsert_in_several_batches_writes_every_row(template: Path, tmp_path: Path) -> None:
     settings = lite_settings(copy_lite_catalog(template, tmp_path / "catalog.db"), write_batch_rows=3)
-    async with VectorStore(settings) as store:
+    async with MilvusStore(settings) as store:
         await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         rows = [news_row(f"n{i}", one_hot(i % NEWS_DIM)) for i in range(10)]
         assert await store.upsert(NEWS, rows) == 10
         assert await store.count(NEWS) == 10
 
 
-async def test_delete_counts_only_ids_that_existed(store: VectorStore) -> None:
+async def test_delete_counts_only_ids_that_existed(store: MilvusStore) -> None:
     await store.upsert(NEWS, [news_row("a", one_hot(0)), news_row("b", one_hot(1))])
     assert await store.delete(NEWS, ["a", "missing", "a"]) == 1
     assert await store.get(NEWS, ["a", "b"]) == {"b": {"id": "b"}}
@@ -117,10 +119,10 @@ async def test_delete_counts_only_ids_that_existed(store: VectorStore) -> None:
 
 async def test_rows_survive_closing_and_reopening_a_lite_catalog(template: Path, tmp_path: Path) -> None:
     settings = lite_settings(copy_lite_catalog(template, tmp_path / "catalog.db"))
-    async with VectorStore(settings) as store:
+    async with MilvusStore(settings) as store:
         await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         await store.upsert(NEWS, [news_row("n1", one_hot(0))])
-    async with VectorStore(settings) as reopened:
+    async with MilvusStore(settings) as reopened:
         await reopened.ensure_collections(NEWS_DIM, PASSAGE_DIM)
         assert await reopened.count(NEWS) == 1
 
@@ -128,7 +130,7 @@ async def test_rows_survive_closing_and_reopening_a_lite_catalog(template: Path,
 # ---- reads -----------------------------------------------------------------------------------------
 
 
-async def test_get_returns_requested_fields_with_float32_vectors_and_skips_missing_ids(store: VectorStore) -> None:
+async def test_get_returns_requested_fields_with_float32_vectors_and_skips_missing_ids(store: MilvusStore) -> None:
     vector = np.linspace(-1, 1, NEWS_DIM, dtype=np.float32)
     await store.upsert(NEWS, [news_row("n1", vector, title="Title 1", published=7)])
     rows = await store.get(NEWS, ["n1", "nope"], ["vector", "title", "published"])
@@ -138,7 +140,7 @@ async def test_get_returns_requested_fields_with_float32_vectors_and_skips_missi
     assert (rows["n1"]["title"], rows["n1"]["published"]) == ("Title 1", 7)
 
 
-async def test_iterate_yields_every_row_once_in_id_order_across_batches(store: VectorStore) -> None:
+async def test_iterate_yields_every_row_once_in_id_order_across_batches(store: MilvusStore) -> None:
     ids = [f"n{i:02d}" for i in range(25)]
     await store.upsert(NEWS, [news_row(i, one_hot(n % NEWS_DIM), title=i.upper()) for n, i in enumerate(ids)])
     rows = [row async for row in store.iterate(NEWS, ["title"], batch_size=7)]
@@ -146,7 +148,29 @@ async def test_iterate_yields_every_row_once_in_id_order_across_batches(store: V
     assert all(row["title"] == row["id"].upper() for row in rows)
 
 
-async def test_search_answers_each_query_of_a_batch_with_its_nearest_rows(store: VectorStore) -> None:
+async def test_iterate_pages_in_id_order_whatever_the_write_order_with_quotes_in_ids(
+    template: Path, tmp_path: Path
+) -> None:
+    ids = sorted([f"n{i:03d}" for i in range(60)] + ['n"quoted', "n\\back", "N-upper"])
+    shuffled = random.Random(7).sample(ids, len(ids))
+    settings = lite_settings(copy_lite_catalog(template, tmp_path / "paged.db"), write_batch_rows=9)
+    async with MilvusStore(settings) as store:
+        await store.ensure_collections(NEWS_DIM, PASSAGE_DIM)
+        for start in range(0, len(shuffled), 20):  # several upsert calls, each in several requests
+            chunk = shuffled[start : start + 20]
+            await store.upsert(NEWS, [news_row(i, one_hot(n % NEWS_DIM)) for n, i in enumerate(chunk)])
+        rows = [row async for row in store.iterate(NEWS, ["vector"], batch_size=8)]
+    assert [row["id"] for row in rows] == ids  # more rows than one page: each once, in id order
+    assert all(row["vector"].dtype == np.float32 for row in rows)
+
+
+async def test_a_news_abstract_is_stored_and_read_back(store: MilvusStore) -> None:
+    abstract = "An abstract of ünïcode text, " * 100
+    await store.upsert(NEWS, [news_row("n1", one_hot(0), abstract=abstract)])
+    assert (await store.get(NEWS, ["n1"], ["abstract"]))["n1"]["abstract"] == abstract
+
+
+async def test_search_answers_each_query_of_a_batch_with_its_nearest_rows(store: MilvusStore) -> None:
     await store.upsert(NEWS, [news_row(f"n{i}", one_hot(i, scale=i + 1.0)) for i in range(NEWS_DIM)])
     queries = np.stack([one_hot(2), one_hot(5), one_hot(0)])
     results = await store.search(NEWS, queries, limit=3, output_fields=["title"])
@@ -156,7 +180,7 @@ async def test_search_answers_each_query_of_a_batch_with_its_nearest_rows(store:
     assert all(len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score for hits in results)
 
 
-async def test_search_filters_by_category_published_after_and_both(store: VectorStore) -> None:
+async def test_search_filters_by_category_published_after_and_both(store: MilvusStore) -> None:
     rows = [
         news_row("old-sport", one_hot(0), category="sport", published=100),
         news_row("new-sport", one_hot(0), category="sport", published=300),
@@ -180,7 +204,7 @@ async def test_search_filters_by_category_published_after_and_both(store: Vector
 # ---- errors ----------------------------------------------------------------------------------------
 
 
-async def test_a_missing_collection_is_not_found(store: VectorStore) -> None:
+async def test_a_missing_collection_is_not_found(store: MilvusStore) -> None:
     with pytest.raises(NotFound, match="missing"):
         await store.search("missing", one_hot(0)[None, :], limit=3)
     with pytest.raises(NotFound):
@@ -191,7 +215,7 @@ async def test_a_missing_collection_is_not_found(store: VectorStore) -> None:
         await store.count("missing")
 
 
-async def test_a_filter_the_collection_cannot_evaluate_is_an_invalid_filter(store: VectorStore) -> None:
+async def test_a_filter_the_collection_cannot_evaluate_is_an_invalid_filter(store: MilvusStore) -> None:
     client = MilvusClient(store.settings.uri)
     client.create_collection(
         "bare", dimension=NEWS_DIM, id_type="string", max_length=64, metric_type="IP", enable_dynamic_field=False
@@ -223,14 +247,14 @@ async def test_a_filter_the_collection_cannot_evaluate_is_an_invalid_filter(stor
         (lambda s: s.upsert(NEWS, ["not a row"]), "rows[0]"),
     ],
 )
-async def test_bad_arguments_are_invalid_and_name_the_argument(store: VectorStore, call, field: str) -> None:
+async def test_bad_arguments_are_invalid_and_name_the_argument(store: MilvusStore, call, field: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
         await call(store)
     assert raised.value.field == field
 
 
 async def test_a_server_that_refuses_connections_is_unavailable_at_once() -> None:
-    store = VectorStore(MilvusSettings(uri=f"http://127.0.0.1:{free_port()}"))
+    store = MilvusStore(MilvusSettings(uri=f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(DependencyUnavailable) as raised:
         await store.count(NEWS, timeout=30)
     assert raised.value.dependency == "milvus"
@@ -248,7 +272,7 @@ def silent_server() -> Iterator[int]:
 
 
 async def test_a_server_that_never_answers_times_out_at_the_call_deadline(silent_server: int) -> None:
-    store = VectorStore(MilvusSettings(uri=f"http://127.0.0.1:{silent_server}"))
+    store = MilvusStore(MilvusSettings(uri=f"http://127.0.0.1:{silent_server}"))
     with pytest.raises(DependencyTimeout):
         await store.count(NEWS, timeout=0.3)
     await store.close()

@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from milvus_fixtures import NEWS_DIM, PASSAGE_DIM, lite_settings, news_row
 
+from server.domain import Filters
 from server.errors import InvalidArgument
-from server.vector_store import Filters, VectorStore
+from server.milvus import MilvusStore
+from server.milvus.expressions import filter_expression
 
 NEWS = "news"
 # Printable text of any script, quotes and backslashes included; control characters are rejected (below).
@@ -26,14 +28,14 @@ HOSTILE = ['"', "\\", '\\"', "a\\", '"] or category != "', "' or 1 == 1 or '", "
 @dataclass
 class LiteStore:
     runner: asyncio.Runner
-    store: VectorStore
+    store: MilvusStore
 
 
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiteStore]:
     """One store on one event loop for all examples (creating collections per example would take ~1 s)."""
     with asyncio.Runner() as runner:
-        store = VectorStore(lite_settings(Path(tmp_path_factory.mktemp("filters")) / "catalog.db"))
+        store = MilvusStore(lite_settings(Path(tmp_path_factory.mktemp("filters")) / "catalog.db"))
         runner.run(store.ensure_collections(NEWS_DIM, PASSAGE_DIM))
         yield LiteStore(runner, store)
         runner.run(store.close())
@@ -73,5 +75,5 @@ def test_a_category_filter_matches_exactly_the_rows_of_that_category(lite: LiteS
 )
 def test_invalid_filter_values_name_the_field(filters: Filters, field: str) -> None:
     with pytest.raises(InvalidArgument) as raised:
-        filters.expression()
+        filter_expression(filters)
     assert raised.value.field == field

@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from server.config import RagSettings
+from server.domain import AnswerQuery, SearchQuery
 from server.llm import LLMClient
 from server.llm.prompt import NO_SOURCES_ANSWER, ContextPassage, build_rag_messages
 from server.llm.types import GenerationRequest
 from server.pipeline.common import Item, RequestContext
 from server.pipeline.search import PassageSearch
-from server.requests import AnswerQuery, SearchQuery
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from server.domain import Filters, Hit
 from server.errors import DependencyTimeout
 from server.observability import StageTimer
-from server.vector_store import Filters, Hit
 
 
 @dataclass
@@ -89,8 +89,8 @@ class CatalogClock:
 
 
 # ---- ports: what the stages call, each implemented by an adapter elsewhere --------------------------
-#   Searcher     ANN search                  server.vector_store.VectorStore, server.batching.BatchedSearch
-#   VectorIndex  Searcher + rows by id/filter server.vector_store.VectorStore
+#   Searcher     ANN search                  server.milvus.MilvusStore, server.batching.BatchedSearch
+#   VectorIndex  Searcher + rows by id/filter server.milvus.MilvusStore
 #   Encoders     Triton-served embeddings    server.triton.TritonEncoders, server.batching.BatchedEncoders
 
 

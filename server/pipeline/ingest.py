@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from server.domain import NewsRecord, PassageRecord
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import CatalogClock, Encoders, RequestContext, VectorIndex
-from server.requests import NewsRecord, PassageRecord
 
 
 class Ingest:
@@ -44,6 +44,7 @@ class Ingest:
                 "id": r.item_id,
                 "vector": vector,
                 "title": r.title,
+                "abstract": r.abstract,
                 "category": r.category,
                 "subcategory": r.subcategory,
                 "published": r.published,

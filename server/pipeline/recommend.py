@@ -22,10 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from server.domain import HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import CatalogClock, Encoders, Item, RequestContext, Searcher, VectorIndex, first_row
-from server.requests import HistoryEntry, RecommendQuery
 
 NEWS_FIELDS = ("title", "category", "published")
 SECONDS_PER_DAY = 86_400

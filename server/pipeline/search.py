@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from server.domain import SearchQuery
 from server.pipeline.common import Encoders, Item, RequestContext, Searcher, first_row
-from server.requests import SearchQuery
 
 PASSAGE_FIELDS = ("text", "title", "category", "doc_id", "published")
 

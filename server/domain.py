@@ -1,0 +1,87 @@
+"""The gateway's domain types: validated queries, records to write, filters and search hits.
+
+Plain data only: this module imports no client library (no pymilvus, grpc, tritonclient or protobuf),
+so request validation, pipeline stages and their tests can use these types without any of them.
+`server.requests` builds the queries and records; `server.milvus` turns `Filters` into expressions
+and returns `Hit`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Restrictions on search results; empty means none.
+
+    `categories`: keep items whose category is one of these. `published_after`: keep items published
+    strictly after this instant (unix seconds); items with unknown date (published 0) are then excluded.
+    """
+
+    categories: Sequence[str] = ()
+    published_after: int | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: `score` is the inner product (higher is closer); `fields` the requested outputs."""
+
+    id: str
+    score: float
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    item_id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendQuery:
+    user_id: str
+    history: tuple[HistoryEntry, ...]
+    k: int
+    filters: Filters
+    exclude_seen: bool
+    diversity: float
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    text: str
+    k: int
+    filters: Filters
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerQuery:
+    question: str
+    k: int
+    filters: Filters
+    max_tokens: int | None  # None: the LLM client's default
+    temperature: float | None  # None: the LLM client's default
+
+
+@dataclass(frozen=True, slots=True)
+class NewsRecord:
+    item_id: str
+    title: str
+    category: str
+    subcategory: str
+    abstract: str
+    published: int  # unix seconds, 0 = unknown
+    popularity: float
+
+
+@dataclass(frozen=True, slots=True)
+class PassageRecord:
+    item_id: str
+    text: str
+    title: str
+    category: str
+    doc_id: str
+    published: int
