@@ -61,3 +61,21 @@ def test_domain_types_and_validation_load_no_database_client(module: str, not_lo
     check = f"import sys, {module}; print(sorted(m for m in {not_loaded!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", f"importing {module} loads {loaded.stdout.strip()}"
+
+
+def test_the_gateway_image_ships_the_gateway_and_what_it_imports_only() -> None:
+    """Python source folders the Dockerfile copies: server/, what it may import, and the proto it is generated from."""
+    sources = {
+        line.split()[1].rstrip("/")
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and not line.startswith("COPY --from")
+    }
+    python_folders = {
+        name
+        for name in sources
+        if "/" not in name
+        and (ROOT / name).is_dir()
+        and any(next((ROOT / name).rglob(p), None) for p in ("*.py", "*.proto"))
+    }
+    assert python_folders == {"server", "contract", "proto"}, sources
+    assert ALLOWED["server"] == {"contract", "recstack"}  # recstack is generated from proto/ inside the image
