@@ -76,7 +76,7 @@ class Side:
             execution = group.create_task(self.run.execute())
             await asyncio.sleep(0)  # the run sets `measure_from` (its warm-up's end) before its first await
             await asyncio.sleep(max(0.0, self.run.measure_from - time.perf_counter()))
-            before = meter.sample()
+            before = await asyncio.to_thread(meter.sample)  # off the loop: the workers keep sending
             await execution
         self.cpu.add_window(before, meter.sample(), self.run.result.overall.requests - completed)
 
