@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import grpc
 import numpy as np
 import torch
 
+from benchmarks.serving import serve_until_signalled, start_server
 from benchmarks.workload import ItemKind, load_catalog, synthetic_category, synthetic_ids
 from contract import layout
 from contract.tokenizer import TextTokenizer
@@ -397,17 +397,6 @@ def build_gateway(config: NaiveServerConfig) -> NaiveGateway:
     return gateway
 
 
-async def start_server(gateway: NaiveGateway, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:
-    """Serve `gateway` on host:port (0 = any free port); returns the started server and its port."""
-    server = grpc.aio.server()
-    pb_grpc.add_GatewayServicer_to_server(gateway, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    await server.start()
-    return server, bound
-
-
 def naive_server_process(config: NaiveServerConfig, log_path: Path, startup_timeout_s: float = 600.0) -> ManagedProcess:
     """The server as a child process (not started: use `with` or `.start()`); ready when its port accepts."""
     argv = [
@@ -434,13 +423,9 @@ async def serve(config: NaiveServerConfig) -> None:
     """Build, listen, print `ready HOST:PORT`, serve until SIGINT/SIGTERM."""
     gateway = build_gateway(config)
     server, port = await start_server(gateway, config.host, config.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"ready {config.host}:{port} ({len(gateway.news)} news, {len(gateway.passages)} passages)", flush=True)
-    await stop.wait()
-    await server.stop(grace=1.0)
+    await serve_until_signalled(
+        server, f"ready {config.host}:{port} ({len(gateway.news)} news, {len(gateway.passages)} passages)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from benchmarks.components import DIRECT_CALLS
-from benchmarks.report import GATEWAY, NAIVE, P99_BOUND_MS, RPCS, metric, scenario_name
+from benchmarks.report import CPU_GROUP_SIDES, GATEWAY, NAIVE, P99_BOUND_MS, RPCS, metric, scenario_name
 
 
 def number(value: float | None, digits: int = 2) -> str:
@@ -31,6 +31,7 @@ def render_markdown(suite: dict) -> str:
         targets_section(suite),
         budgets_section(suite),
         comparison_section(suite),
+        cpu_section(suite),
         overhead_section(suite),
         answer_section(suite),
         open_loop_section(suite),
@@ -103,6 +104,24 @@ def comparison_section(suite: dict) -> str:
     headers += ["naive err", "ratio (c1: p50, c8: QPS)"]
     intro = "Demo catalog, closed loop, latencies in ms; both servers up, measured alternately.\n\n"
     return "## Ours vs the naive baseline\n\n" + intro + table(headers, rows)
+
+
+def cpu_section(suite: dict) -> str:
+    """CPU ms per request by process group; "ours" is the gateway, Triton and Milvus together."""
+    ours = [group for group, side in CPU_GROUP_SIDES.items() if side == GATEWAY]
+    rows = []
+    for scenario, groups in suite.get("cpu_ms_per_request", {}).items():
+        parts = [groups.get(group) for group in ours]
+        total = sum(part for part in parts if part is not None) if None not in parts else None
+        rows.append([scenario, *(number(groups.get(group), 3) for group in CPU_GROUP_SIDES), number(total, 3)])
+    if not rows:
+        return ""
+    intro = (
+        "CPU milliseconds (user + system, child processes included) per completed request, each process "
+        "over its own side's windows; echo is a bare grpc.aio server with canned answers (the floor).\n\n"
+    )
+    headers = ["scenario", *CPU_GROUP_SIDES, "ours (gateway+triton+milvus)"]
+    return "## CPU per request\n\n" + intro + table(headers, rows)
 
 
 def overhead_section(suite: dict) -> str:

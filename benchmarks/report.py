@@ -16,6 +16,9 @@ Ratios (all ours / reference, from sides measured in the same run):
   gateway.error_rate           failed / sent requests of the gateway's closed-loop scenarios
 (with `<catalog>/` in front for the synthetic catalogs). Budgets (benchmarks/budgets.yaml) bound ratios
 only, never absolute milliseconds: both sides of a ratio ran on the same machine, alternating.
+
+CPU per request (`cpu_ms_per_request`): at concurrency 8, each process group's CPU milliseconds per
+request over the windows of the side it serves (gateway, triton, milvus: the gateway's; naive; echo).
 """
 
 from __future__ import annotations
@@ -31,9 +34,13 @@ from benchmarks.components import DIRECT_CALLS
 
 GATEWAY = "gateway"
 NAIVE = "naive"
+ECHO = "echo"
 DEMO = "demo"
 RPCS = ("recommend", "search")
 P99_BOUND_MS = 30.0  # the open loop's "throughput at a p99 bound"
+CPU_LOAD = "c8"
+# Each process group of `cpu_ms_per_request` and the side whose windows it is read from.
+CPU_GROUP_SIDES = {"gateway": GATEWAY, "triton": GATEWAY, "milvus": GATEWAY, "naive": NAIVE, "echo": ECHO}
 
 
 def scenario_name(rpc: str, load: str, side: str = GATEWAY, catalog: str = DEMO) -> str:
@@ -101,6 +108,17 @@ def gateway_error_rate(scenarios: Mapping[str, dict]) -> float | None:
     measured = [s for s in scenarios.values() if s.get("server") == GATEWAY and s.get("mode") == "closed"]
     requests = sum(s["requests"] for s in measured)
     return round(sum(sum(s["errors"].values()) for s in measured) / requests, 6) if requests else None
+
+
+def cpu_ms_per_request(scenarios: Mapping[str, dict]) -> dict[str, dict[str, float | None]]:
+    """{"<rpc>@c8": {group: CPU ms per request}} for each group of CPU_GROUP_SIDES; None where not measured."""
+    return {
+        f"{rpc}@{CPU_LOAD}": {
+            group: scenarios.get(scenario_name(rpc, CPU_LOAD, side), {}).get("cpu_ms_per_request", {}).get(group)
+            for group, side in CPU_GROUP_SIDES.items()
+        }
+        for rpc in RPCS
+    }
 
 
 def derive_ratios(scenarios: Mapping[str, dict]) -> dict[str, float]:

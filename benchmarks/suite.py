@@ -10,10 +10,13 @@ so machine drift cancels in the ratios. Steps:
 2. Processes, all on free loopback ports, state and logs under artifacts/bench/<profile>/: the local
    stack (Milvus, Triton, the LLM server, the gateway) with the demo catalog indexed through the
    gateway's UpsertItems (export.catalog) and settled (sealed, compacted, HNSW-indexed, as a catalog
-   that has been serving for a while), and meanwhile the naive server (benchmarks/naive_server.py).
+   that has been serving for a while), and meanwhile the naive server (benchmarks/naive_server.py) and
+   the echo server (benchmarks/echo_server.py: canned answers, the floor).
 3. Demo catalog: ANN recall@10 on the real embeddings (benchmarks/recall.py); Recommend and Search at
    concurrency 1 (gateway, naive, and the gateway's dependency calls made directly,
-   benchmarks/components.py) and 8 (gateway, naive); Answer at concurrency 1 with the local LLM.
+   benchmarks/components.py) and 8 (gateway, naive, echo); Answer at concurrency 1 with the local LLM.
+   Every window here also samples the CPU seconds of each process group (benchmarks/cpu.py): CPU ms
+   per request of the gateway, Triton, Milvus, the naive and echo servers and the load generator.
 4. "full" only: an open-loop rate ladder (gateway vs naive), then per synthetic catalog
    (benchmarks/scale.py) a gateway and a naive server over N items, Recommend and Search at 1 and 8.
 5. Ratios, overheads, targets and budgets (benchmarks/report.py) -> benchmarks/results/<name>.json and
@@ -60,6 +63,8 @@ from benchmarks.components import (
     recommend_cases,
     search_cases,
 )
+from benchmarks.cpu import CpuMeter, ProcessGroup
+from benchmarks.echo_server import echo_server_process
 from benchmarks.inputs import Inputs, resolve_inputs
 from benchmarks.loadgen import GatewayClient, LoadConfig
 from benchmarks.naive_server import NaiveServerConfig, naive_server_process
@@ -67,11 +72,13 @@ from benchmarks.plots import plot_open_loop, plot_scale
 from benchmarks.recall import ann_recall
 from benchmarks.report import (
     DEMO,
+    ECHO,
     GATEWAY,
     NAIVE,
     P99_BOUND_MS,
     RPCS,
     check_budgets,
+    cpu_ms_per_request,
     derive_ratios,
     evaluate_targets,
     load_budgets,
@@ -84,7 +91,7 @@ from benchmarks.stats import ScenarioResult
 from benchmarks.workload import DemoRequests, RequestFactory, RequestOptions, Rpc, SyntheticRequests, synthetic_ids
 from contract import layout
 from devstack.local import HOST, LocalStack, StackConfig
-from devstack.process import StartupError, free_port
+from devstack.process import ManagedProcess, StartupError, free_port
 from export.catalog import index_catalog
 from server.config import MilvusSettings, RecommendSettings
 from server.milvus import MilvusStore
@@ -106,6 +113,7 @@ CACHE_WARM_TIMEOUT_S = 900.0
 RESULTS = Path("benchmarks/results")
 BUDGETS = Path("benchmarks/budgets.yaml")
 STATE = layout.BENCH
+LOADGEN = "loadgen"  # the load generator's own CPU group (scenario dicts only)
 # Every answer goes through the LLM: otherwise a low best-passage score answers "not in the sources"
 # without it, and time to first token would measure that shortcut.
 GATEWAY_ENV = {"RECSTACK_RAG__MIN_SCORE": "-1"}
@@ -174,6 +182,8 @@ class Collector:
             "windows": side.windows,
             "window_s": side.config.duration_s,
         }
+        if side.cpu_meter is not None:
+            self.scenarios[name]["cpu_ms_per_request"] = side.cpu.ms_per_request()
         return name
 
     @contextlib.contextmanager
@@ -185,18 +195,20 @@ class Collector:
 
 @dataclass
 class Bench:
-    """Runs comparisons with the profile's rounds and windows into the collector, showing progress."""
+    """Runs comparisons with the profile's rounds and windows into the collector, showing progress;
+    with a `cpu_meter`, every side's windows sample the processes' CPU too."""
 
     profile: Profile
     console: Console
     collector: Collector = field(default_factory=Collector)
     cancelled: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C: long waits give up
+    cpu_meter: CpuMeter | None = None
 
     def side(self, endpoint: Endpoint, factory: RequestFactory, rpc: Rpc, **load: object) -> Side:
         values = {"duration_s": self.profile.window_s, "warmup_s": self.profile.warmup_s, "deadline_ms": DEADLINE_MS}
         values |= {"k": K, "max_in_flight": 2048} | load
         config = LoadConfig(target=endpoint.target, mix={rpc: 1.0}, **values)
-        return Side.create(endpoint.name, endpoint.server, config, endpoint.client, factory)
+        return Side.create(endpoint.name, endpoint.server, config, endpoint.client, factory, self.cpu_meter)
 
     async def compare(
         self, title: str, sides: Sequence[Side], catalog: str = DEMO, items: int | None = None, rounds: int = 0
@@ -236,8 +248,11 @@ def direct_endpoints(calls: dict[str, Client]) -> list[Endpoint]:
 # ---------------------------------------------------------------------------------------- demo catalog
 
 
-async def measure_demo(bench: Bench, stack: LocalStack, naive_target: str, inputs: Inputs) -> tuple[int, int]:
-    """Recall, Recommend/Search comparisons, Answer, the open-loop ladder; returns (news dim, passage dim)."""
+async def measure_demo(
+    bench: Bench, stack: LocalStack, naive_target: str, echo_target: str, inputs: Inputs
+) -> tuple[int, int]:
+    """Recall, Recommend/Search comparisons (the echo server beside them at concurrency 8), Answer, the
+    open-loop ladder; returns (news dim, passage dim)."""
     settings = MilvusSettings(uri=stack.milvus.uri)
     triton = triton_aio.InferenceServerClient(stack.triton.grpc_url)
     try:
@@ -245,6 +260,7 @@ async def measure_demo(bench: Bench, stack: LocalStack, naive_target: str, input
             MilvusStore(settings) as store,
             gateway_endpoint(GATEWAY, stack.gateway_address) as ours,
             gateway_endpoint(NAIVE, naive_target) as naive,
+            gateway_endpoint(ECHO, echo_target) as echo,
         ):
             deps = Dependencies(triton, store, settings.news_collection, settings.passage_collection)
             with bench.collector.timed("prepare_cases"):
@@ -263,7 +279,8 @@ async def measure_demo(bench: Bench, stack: LocalStack, naive_target: str, input
             for rpc, cases, direct in workloads:
                 for concurrency in CONCURRENCIES:
                     requests = CaseRequests(cases, direct=False)
-                    sides = [bench.side(endpoint, requests, rpc, concurrency=concurrency) for endpoint in (ours, naive)]
+                    servers = (ours, naive) if concurrency == 1 else (ours, naive, echo)
+                    sides = [bench.side(endpoint, requests, rpc, concurrency=concurrency) for endpoint in servers]
                     if concurrency == 1:
                         sides += [bench.side(e, CaseRequests(cases, direct=True), rpc, concurrency=1) for e in direct]
                     await bench.compare(f"{rpc}@c{concurrency}", sides)
@@ -457,6 +474,21 @@ def start_together(*starts: Callable[[], object], cancelled: threading.Event | N
             raise future.exception()
 
 
+def demo_cpu_meter(stack: LocalStack, naive: ManagedProcess, echo: ManagedProcess) -> CpuMeter:
+    """Every process the demo measurements drive, each with what it started (Triton's python stubs), and
+    the load generator (this process) alone."""
+    return CpuMeter(
+        [
+            ProcessGroup(GATEWAY, stack.gateway.pid),
+            ProcessGroup("triton", stack.triton.pid),
+            ProcessGroup("milvus", stack.milvus.pid),
+            ProcessGroup(NAIVE, naive.pid),
+            ProcessGroup(ECHO, echo.pid),
+            ProcessGroup(LOADGEN, os.getpid(), tree=False),
+        ]
+    )
+
+
 def run_suite(profile: Profile, inputs: Inputs, state_dir: Path, console: Console) -> Collector:
     """Start every process, measure, stop every process (also on failure or Ctrl-C)."""
     stack = LocalStack(
@@ -475,6 +507,8 @@ def run_suite(profile: Profile, inputs: Inputs, state_dir: Path, console: Consol
         NaiveServerConfig(inputs.nrms, inputs.two_tower, inputs.data_dir, host=HOST, port=naive_port),
         stack.config.logs / "naive-demo.log",
     )
+    echo_port = free_port(HOST)
+    echo = echo_server_process(HOST, echo_port, stack.config.logs / "echo.log")
     bench = Bench(profile, console)
     collector = bench.collector
 
@@ -490,12 +524,16 @@ def run_suite(profile: Profile, inputs: Inputs, state_dir: Path, console: Consol
     with contextlib.ExitStack() as running:
         running.callback(stack.stop)
         running.callback(naive.stop)
-        console.log("starting Milvus, Triton, the LLM server and the gateway; the naive server meanwhile")
+        running.callback(echo.stop)
+        console.log("starting Milvus, Triton, the LLM server and the gateway; the naive and echo servers meanwhile")
         with collector.timed("processes"):
-            start_together(stack_with_catalog, naive.start, cancelled=bench.cancelled)
+            start_together(stack_with_catalog, naive.start, echo.start, cancelled=bench.cancelled)
         console.log(f"up in {collector.setup_s['processes']} s: {collector.setup_s}")
-        news_dim, passage_dim = asyncio.run(measure_demo(bench, stack, f"{HOST}:{naive_port}", inputs))
+        demo = replace(bench, cpu_meter=demo_cpu_meter(stack, naive, echo))
+        targets = f"{HOST}:{naive_port}", f"{HOST}:{echo_port}"
+        news_dim, passage_dim = asyncio.run(measure_demo(demo, stack, *targets, inputs))
         naive.stop()
+        echo.stop()
         for count in profile.sizes:
             measure_scale(bench, stack, inputs, SyntheticCatalog(count, news_dim, passage_dim))
     return collector
@@ -510,6 +548,7 @@ def build_suite(profile: Profile, collector: Collector, meta: dict, budgets_path
         "scenarios": scenarios,
         "ratios": derive_ratios(scenarios),
         "overhead_ms": overhead_ms(scenarios),
+        "cpu_ms_per_request": cpu_ms_per_request(scenarios),
         "max_rate": {
             rpc: {side: max_rate_within(scenarios, rpc, side) for side in (GATEWAY, NAIVE)}
             | {"p99_bound_ms": P99_BOUND_MS}

@@ -58,6 +58,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def child_pids(parent: int, proc: Path = Path("/proc")) -> set[int]:
+    """Children of `parent`, whichever of its threads forked them (empty once it is gone)."""
+    pids: set[int] = set()
+    for children in (proc / str(parent) / "task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids.update(int(pid) for pid in children.read_text().split())
+    return pids
+
+
 def stop_group(pid: int, stop_signal: int = signal.SIGTERM, grace_s: float = 15.0) -> None:
     """Signal the process group led by `pid`, wait up to `grace_s`, then SIGKILL what is left."""
     with contextlib.suppress(ProcessLookupError):

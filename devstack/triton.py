@@ -33,7 +33,7 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from contract import layout
-from devstack.process import ManagedProcess, StartupError, free_port, pid_alive
+from devstack.process import ManagedProcess, StartupError, child_pids, free_port, pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class TritonServer:
         """Pids of the server's python-backend stub processes right now."""
         if not self.running():
             return set()
-        return {pid for pid in _child_pids(self.pid) if _program_name(pid) == STUB_NAME}
+        return {pid for pid in child_pids(self.pid) if _program_name(pid) == STUB_NAME}
 
     def shm_regions(self) -> set[Path]:
         """The python-backend shared-memory regions the server and its stubs have mapped right now."""
@@ -243,15 +243,6 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _child_pids(parent: int) -> set[int]:
-    """Children of `parent`, whichever of its threads forked them."""
-    pids: set[int] = set()
-    for children in Path(f"/proc/{parent}/task").glob("*/children"):
-        with contextlib.suppress(OSError):
-            pids.update(int(pid) for pid in children.read_text().split())
-    return pids
 
 
 def _program_name(pid: int) -> str:

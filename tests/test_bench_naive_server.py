@@ -23,9 +23,9 @@ from benchmarks.naive_server import (
     NaiveServerConfig,
     build_gateway,
     naive_server_process,
-    start_server,
     synthetic_vectors,
 )
+from benchmarks.serving import start_server
 from benchmarks.workload import SYNTHETIC_CATEGORIES, load_catalog, synthetic_ids
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb

@@ -29,11 +29,13 @@ from benchmarks.loadgen import OK, LoadConfig, Reply
 from benchmarks.plots import plot_open_loop, plot_scale
 from benchmarks.recall import ann_recall, exact_top_k, recall_at_k
 from benchmarks.report import (
+    ECHO,
     GATEWAY,
     NAIVE,
     TARGETS,
     Budget,
     check_budgets,
+    cpu_ms_per_request,
     derive_ratios,
     evaluate_targets,
     load_budgets,
@@ -160,6 +162,29 @@ def measured_ci_run() -> dict[str, dict]:
         values |= {"catalog": "demo", "catalog_items": None, "mode": "closed", "dropped": 0, "max_ms": 99.0}
         values |= {"server": server}
     return scenarios
+
+
+def with_cpu_measured(scenarios: dict[str, dict]) -> dict[str, dict]:
+    """The c8 scenarios with every group's CPU ms per request (idle groups read low), and the echo side."""
+    for rpc, base in (("recommend", 1.0), ("search", 2.0)):
+        echo = scenario(1.0, 2.0, 2000, catalog="demo", catalog_items=None, mode="closed", dropped=0, max_ms=9.0)
+        scenarios[scenario_name(rpc, "c8", ECHO)] = echo | {"server": ECHO}
+        for side, busy in ((GATEWAY, ("gateway", "triton", "milvus")), (NAIVE, ("naive",)), (ECHO, ("echo",))):
+            cpu = {group: 0.01 for group in ("gateway", "triton", "milvus", "naive", "echo", "loadgen")}
+            cpu |= {group: base * (index + 1) for index, group in enumerate(busy)}
+            scenarios[scenario_name(rpc, "c8", side)]["cpu_ms_per_request"] = cpu
+    return scenarios
+
+
+def test_cpu_per_request_reads_each_group_from_the_side_it_serves() -> None:
+    cpu = cpu_ms_per_request(with_cpu_measured(measured_ci_run()))
+    assert cpu == {
+        "recommend@c8": {"gateway": 1.0, "triton": 2.0, "milvus": 3.0, "naive": 1.0, "echo": 1.0},
+        "search@c8": {"gateway": 2.0, "triton": 4.0, "milvus": 6.0, "naive": 2.0, "echo": 2.0},
+    }
+    unmeasured = cpu_ms_per_request(measured_ci_run())
+    assert set(unmeasured) == {"recommend@c8", "search@c8"}
+    assert set(unmeasured["search@c8"].values()) == {None}
 
 
 def test_ratios_are_ours_over_the_reference_from_the_same_run() -> None:
@@ -532,9 +557,8 @@ def test_ctrl_c_during_startup_cancels_the_long_waits_and_is_raised(tmp_path: Pa
 
 
 def test_suite_json_and_markdown_have_the_documented_shape(tmp_path: Path) -> None:
-    collector = Collector(
-        scenarios=measured_ci_run(), recall={"news": {"k": 10, "recall": 1.0, "queries": 3, "catalog": 9, "ef": 64}}
-    )
+    recall = {"news": {"k": 10, "recall": 1.0, "queries": 3, "catalog": 9, "ef": 64}}
+    collector = Collector(scenarios=with_cpu_measured(measured_ci_run()), recall=recall)
     meta = {"started": "2026-01-01T00:00:00+00:00", "machine": "test", "inputs": {"origin": "demo"}, "rounds": 3}
     meta |= {"window_s": 1.5, "wall_s": 12.0}
     suite = build_suite(PROFILES["ci"], collector, meta, BUDGETS)
@@ -548,6 +572,15 @@ def test_suite_json_and_markdown_have_the_documented_shape(tmp_path: Path) -> No
         assert heading in markdown
     assert all(target.name in markdown for target in TARGETS)
     assert "| recommend@c1 | 6.00 | 9.00 | 160.0 | 0 | 2.00 |" in markdown
+    assert loaded["cpu_ms_per_request"]["search@c8"] == {
+        "gateway": 2.0,
+        "triton": 4.0,
+        "milvus": 6.0,
+        "naive": 2.0,
+        "echo": 2.0,
+    }
+    assert "## CPU per request" in markdown
+    assert "| search@c8 | 2.000 | 4.000 | 6.000 | 2.000 | 2.000 | 12.000 |" in markdown
     summary = render.render_summary(loaded)
     assert "## Targets" in summary and "## All scenarios" not in summary
     assert plot_open_loop(loaded, tmp_path / "open.png") is None and plot_scale(loaded, tmp_path / "scale.png") is None

@@ -1,8 +1,11 @@
-"""The suite's measurements against the real tiny stack: gateway vs direct dependency calls, and recall."""
+"""The suite's measurements against the real tiny stack: gateway vs direct dependency calls, recall, and the
+CPU per request of every process, with the echo server as the floor."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +13,12 @@ import tritonclient.grpc.aio as triton_aio
 from rich.console import Console
 
 from benchmarks.components import DIRECT_CALLS, CaseRequests, Dependencies, recommend_cases, search_cases
+from benchmarks.cpu import CpuMeter, ProcessGroup
+from benchmarks.echo_server import echo_server_process
 from benchmarks.recall import ann_recall
-from benchmarks.report import GATEWAY, overhead_ms, scenario_name
-from benchmarks.suite import Bench, Profile, direct_endpoints, gateway_endpoint
+from benchmarks.report import ECHO, GATEWAY, NAIVE, RPCS, cpu_ms_per_request, overhead_ms, scenario_name
+from benchmarks.suite import LOADGEN, Bench, Profile, direct_endpoints, gateway_endpoint
+from devstack.process import free_port
 from server.config import MilvusSettings, RecommendSettings
 from server.milvus import MilvusStore
 
@@ -21,12 +27,16 @@ pytestmark = pytest.mark.stack
 TINY = Profile("test", rounds=2, window_s=0.3, warmup_s=0.1, answer_s=1.0, recommend_cases=20)
 
 
-async def measure(stack, data_dir) -> tuple[Bench, dict]:
-    bench = Bench(TINY, Console(quiet=True))
+async def measure(stack, data_dir, echo_target: str, meter: CpuMeter) -> tuple[Bench, dict]:
+    bench = Bench(TINY, Console(quiet=True), cpu_meter=meter)
     settings = MilvusSettings(uri=stack.milvus.uri)
     triton = triton_aio.InferenceServerClient(stack.triton.grpc_url)
     try:
-        async with MilvusStore(settings) as store, gateway_endpoint(GATEWAY, stack.gateway_address) as ours:
+        async with (
+            MilvusStore(settings) as store,
+            gateway_endpoint(GATEWAY, stack.gateway_address) as ours,
+            gateway_endpoint(ECHO, echo_target) as echo,
+        ):
             deps = Dependencies(triton, store, settings.news_collection, settings.passage_collection)
             news = await deps.catalog_vectors(settings.news_collection)
             history = RecommendSettings().max_history
@@ -41,6 +51,10 @@ async def measure(stack, data_dir) -> tuple[Bench, dict]:
                     bench.side(e, CaseRequests(cases, direct=True), rpc, concurrency=1) for e in direct_endpoints(calls)
                 ]
                 await bench.compare(f"{rpc}@c1", sides)
+                servers = (ours, echo)
+                await bench.compare(
+                    f"{rpc}@c8", [bench.side(e, CaseRequests(cases, direct=False), rpc, concurrency=8) for e in servers]
+                )
             users = [case.user for case in recommend]
             recall = await ann_recall(store, settings.news_collection, news, np.stack(users))
     finally:
@@ -48,8 +62,13 @@ async def measure(stack, data_dir) -> tuple[Bench, dict]:
     return bench, recall.to_dict()
 
 
-def test_gateway_and_its_direct_dependency_calls_are_measured_side_by_side(stack, tiny_data) -> None:
-    bench, recall = asyncio.run(measure(stack, tiny_data.root))
+def test_gateway_and_its_direct_dependency_calls_are_measured_side_by_side(stack, tiny_data, tmp_path: Path) -> None:
+    port = free_port()
+    with echo_server_process("127.0.0.1", port, tmp_path / "echo.log") as echo:
+        groups = [ProcessGroup(GATEWAY, stack.gateway.pid), ProcessGroup("triton", stack.triton.pid)]
+        groups += [ProcessGroup("milvus", stack.milvus.pid), ProcessGroup(ECHO, echo.pid)]
+        meter = CpuMeter([*groups, ProcessGroup(LOADGEN, os.getpid(), tree=False)])
+        bench, recall = asyncio.run(measure(stack, tiny_data.root, f"127.0.0.1:{port}", meter))
     scenarios = bench.collector.scenarios
     for rpc, calls in DIRECT_CALLS.items():
         for side in (GATEWAY, *calls):
@@ -59,4 +78,10 @@ def test_gateway_and_its_direct_dependency_calls_are_measured_side_by_side(stack
         gateway_stages = scenarios[scenario_name(rpc, "c1")]["stages"]
         assert set(calls) <= set(gateway_stages)  # the direct calls are named as the gateway's own stages
     assert set(overhead_ms(scenarios)) == {"recommend@c1", "search@c1"}
+    cpu = cpu_ms_per_request(scenarios)
+    for rpc in RPCS:
+        busy = {group: ms for group, ms in cpu[f"{rpc}@c8"].items() if group != NAIVE}  # no naive server here
+        assert all(ms is not None and ms > 0 for ms in busy.values()), cpu
+        assert busy[ECHO] < busy[GATEWAY]  # the floor: gRPC alone costs less than the gateway's work
+        assert scenarios[scenario_name(rpc, "c8", ECHO)]["cpu_ms_per_request"][LOADGEN] > 0
     assert 0 < recall["recall"] <= 1 and recall["queries"] > 0
