@@ -266,7 +266,5 @@ def _time_left(calls: Sequence[_Search | _Users | _Texts]) -> float | None:
     """The batch's timeout: until its latest deadline (None if a call has none). Each caller stops
     waiting at its own deadline (`Coalescer.submit`), so one near its end does not cut the call short
     for the others."""
-    deadlines = [c.deadline for c in calls]
-    if any(d is None for d in deadlines):
-        return None
-    return max(d for d in deadlines if d is not None) - time.monotonic()
+    deadlines = [c.deadline for c in calls if c.deadline is not None]
+    return max(deadlines) - time.monotonic() if len(deadlines) == len(calls) else None
