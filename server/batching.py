@@ -7,23 +7,29 @@ the dependency is idle (no added latency for a lone request) and, while `max_in_
 already out, queues calls and sends everything queued as one batch when a batch returns. Only calls
 with the same key (e.g. collection + filters + fields) are batched together.
 
-A caller that is cancelled while queued simply drops out; a failed batch fails each of its calls with
-the same error.
+Calls for requests whose callers have given up are not sent: a caller that is cancelled (the client
+went away, or its deadline passed) drops out of the queue, a call whose deadline passes while queued
+fails with DependencyTimeout at that deadline, a batch is sent with only the calls still wanted (none:
+not at all), and a batch in flight whose callers have all gone is cancelled. A failed batch fails each
+of its calls with the same error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from server.domain import Filters, Hit
-from server.observability import BATCH_SIZE
+from server.errors import DependencyTimeout
+from server.observability import BATCH_SIZE, DependencyCall, latest_dependency_call
 from server.pipeline.common import Encoders, Searcher
 
 Key = TypeVar("Key", bound=Hashable)
@@ -38,6 +44,11 @@ SearchKey = tuple[str, Filters, tuple[str, ...]]  # collection, filters, output 
 class _Pending(Generic[Call, Result]):
     call: Call
     future: asyncio.Future[Result]
+    deadline: float | None  # time.monotonic() value
+    counted: DependencyCall | None  # the request's record of this call, marked sent when it goes out
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and self.deadline <= now
 
 
 @dataclass
@@ -52,26 +63,68 @@ class Coalescer(Generic[Key, Call, Result]):
     _in_flight: dict[Key, int] = field(default_factory=lambda: defaultdict(int))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def submit(self, key: Key, call: Call) -> Result:
+    async def submit(self, key: Key, call: Call, deadline: float | None = None) -> Result:
+        """`call`'s result, waiting at most until `deadline` (time.monotonic()): DependencyTimeout then.
+
+        The request's latest recorded dependency call (`RequestContext.remaining`, just before) is this
+        one: it counts as made only once its batch is sent.
+        """
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queues[key].append(_Pending(call, future))
+        counted = latest_dependency_call()
+        if counted is not None:
+            counted.sent = False
+        self._queues[key].append(_Pending(call, future, deadline, counted))
         self._dispatch(key)
-        return await future
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                return await future
+        except TimeoutError:
+            raise DependencyTimeout(self.name, "request deadline reached before the call returned") from None
 
     def _dispatch(self, key: Key) -> None:
         queue = self._queues[key]
-        while queue and self._in_flight[key] < self.max_in_flight:
-            batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
-            batch = [p for p in batch if not p.future.done()]  # callers cancelled while queued
-            if not batch:
-                continue
+        while self._in_flight[key] < self.max_in_flight and (batch := self._next_batch(queue)):
             self._in_flight[key] += 1
             BATCH_SIZE.labels(self.name).observe(len(batch))
             task = asyncio.create_task(self._run(key, batch))
             self._tasks.add(task)  # keep a reference until it finishes
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(functools.partial(self._finished, key))  # also when cancelled before it ran
+            _cancel_when_abandoned(task, batch)
+        if not queue and not self._in_flight[key]:
+            del self._queues[key], self._in_flight[key]
+
+    def _next_batch(self, queue: deque[_Pending[Call, Result]]) -> list[_Pending[Call, Result]]:
+        """Up to `max_batch` queued calls still wanted; the others leave the queue unsent."""
+        now = time.monotonic()
+        batch: list[_Pending[Call, Result]] = []
+        while queue and len(batch) < self.max_batch:
+            pending = queue.popleft()
+            if self._wanted(pending, now):
+                batch.append(pending)
+        return batch
+
+    def _wanted(self, pending: _Pending[Call, Result], now: float) -> bool:
+        """Whether to send `pending`: not if its caller has gone; one past its deadline fails with DependencyTimeout."""
+        if pending.future.done():  # its caller was cancelled or stopped waiting
+            return False
+        if pending.expired(now):
+            pending.future.set_exception(DependencyTimeout(self.name, "request deadline reached while queued"))
+            return False
+        return True
+
+    def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight[key] -= 1
+        self._dispatch(key)
 
     async def _run(self, key: Key, batch: list[_Pending[Call, Result]]) -> None:
+        now = time.monotonic()
+        batch = [p for p in batch if self._wanted(p, now)]  # some may have given up since `_dispatch`
+        if not batch:
+            return
+        for pending in batch:
+            if pending.counted is not None:
+                pending.counted.sent = True
         try:
             results = await self.run_batch(key, [p.call for p in batch])
         except Exception as error:
@@ -82,18 +135,24 @@ class Coalescer(Generic[Key, Call, Result]):
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
-        finally:
-            self._in_flight[key] -= 1
-            if not self._queues[key]:
-                del self._queues[key]
-            self._dispatch(key)
+
+
+def _cancel_when_abandoned(task: asyncio.Task[None], batch: Sequence[_Pending[Any, Any]]) -> None:
+    """Cancel `task` (the batch's call) once every caller in `batch` has stopped waiting for it."""
+
+    def on_caller_done(future: asyncio.Future[Any]) -> None:
+        if future.cancelled() and all(p.future.done() for p in batch):
+            task.cancel()
+
+    for pending in batch:
+        pending.future.add_done_callback(on_caller_done)
 
 
 @dataclass(frozen=True)
 class _Search:
     vectors: NDArray[np.float32]  # [nq, dim]
     limit: int
-    timeout: float | None
+    deadline: float | None  # time.monotonic() value
 
 
 class BatchedSearch:
@@ -119,7 +178,8 @@ class BatchedSearch:
         timeout: float | None = None,
     ) -> list[list[Hit]]:
         key: SearchKey = (collection, filters or Filters(), tuple(output_fields))
-        return await self._coalescer.submit(key, _Search(vectors, limit, timeout))
+        deadline = _deadline(timeout)
+        return await self._coalescer.submit(key, _Search(vectors, limit, deadline), deadline)
 
     async def _run(self, key: SearchKey, calls: list[_Search]) -> list[list[list[Hit]]]:
         collection, filters, fields = key
@@ -129,7 +189,7 @@ class BatchedSearch:
             max(c.limit for c in calls),
             filters,
             fields,
-            _earliest(calls),
+            _time_left(calls),
         )
         results: list[list[list[Hit]]] = []
         start = 0
@@ -144,13 +204,13 @@ class BatchedSearch:
 class _Users:
     history: NDArray[np.float32]  # [b, H, D]
     mask: NDArray[np.int64]  # [b, H]
-    timeout: float | None
+    deadline: float | None
 
 
 @dataclass(frozen=True)
 class _Texts:
     texts: list[str]
-    timeout: float | None
+    deadline: float | None
 
 
 class BatchedEncoders:
@@ -169,20 +229,22 @@ class BatchedEncoders:
         )
 
     async def encode_users(self, history: Vectors, mask: NDArray[np.int64], timeout_s: float | None = None) -> Vectors:
-        return await self._users.submit("users", _Users(history, mask, timeout_s))
+        deadline = _deadline(timeout_s)
+        return await self._users.submit("users", _Users(history, mask, deadline), deadline)
 
     async def encode_texts(self, text_field: str, texts: list[str], timeout_s: float | None = None) -> Vectors:
-        return await self._texts.submit(text_field, _Texts(texts, timeout_s))
+        deadline = _deadline(timeout_s)
+        return await self._texts.submit(text_field, _Texts(texts, deadline), deadline)
 
     async def _run_users(self, _key: str, calls: list[_Users]) -> list[Vectors]:
         width = max(c.mask.shape[1] for c in calls)
         history = np.concatenate([_pad(c.history, width) for c in calls])
         mask = np.concatenate([_pad(c.mask, width) for c in calls])
-        return _split(await self.encoders.encode_users(history, mask, _earliest(calls)), [len(c.mask) for c in calls])
+        return _split(await self.encoders.encode_users(history, mask, _time_left(calls)), [len(c.mask) for c in calls])
 
     async def _run_texts(self, text_field: str, calls: list[_Texts]) -> list[Vectors]:
         texts = [text for c in calls for text in c.texts]
-        vectors = await self.encoders.encode_texts(text_field, texts, _earliest(calls))
+        vectors = await self.encoders.encode_texts(text_field, texts, _time_left(calls))
         return _split(vectors, [len(c.texts) for c in calls])
 
 
@@ -196,6 +258,13 @@ def _split(rows: Vectors, sizes: list[int]) -> list[Vectors]:
     return np.split(rows, np.cumsum(sizes)[:-1])
 
 
-def _earliest(calls: Sequence[_Search | _Users | _Texts]) -> float | None:
-    timeouts = [c.timeout for c in calls if c.timeout is not None]
-    return min(timeouts) if timeouts else None
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _time_left(calls: Sequence[_Search | _Users | _Texts]) -> float | None:
+    """The batch's timeout: until its latest deadline (None if a call has none). Each caller stops
+    waiting at its own deadline (`Coalescer.submit`), so one near its end does not cut the call short
+    for the others."""
+    deadlines = [c.deadline for c in calls if c.deadline is not None]
+    return max(deadlines) - time.monotonic() if len(deadlines) == len(calls) else None

@@ -9,7 +9,11 @@ Metric names:
   1 when it failed (requests then read Milvus), `recstack_item_cache_warmup_vectors` and
   `recstack_item_cache_warmup_seconds` what it loaded and how long it took;
 - `recstack_coalesced_calls{call}`: how many concurrent calls each downstream request carried
-  (`milvus.search`, `triton.users`, `triton.texts`; see `server.batching`).
+  (`milvus.search`, `triton.users`, `triton.texts`; see `server.batching`);
+- `recstack_dependency_calls_total{dependency, outcome}`: calls to `triton`, `milvus` or `llm` made for an
+  RPC, counted when the RPC ends: `ok` if it ended OK, `wasted` if not (cancelled, deadline passed,
+  failed). A coalesced call counts once for each RPC it carried; a call a coalescer dropped before
+  sending it (its caller had gone) is not counted (see `CallLedger`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
@@ -42,6 +48,63 @@ CACHE_WARMUP_SECONDS = Gauge(CACHE_WARMUP_SECONDS_METRIC, "How long the item cac
 BATCH_SIZE = Histogram(
     "recstack_coalesced_calls", "Calls merged into one downstream request.", ["call"], buckets=(1, 2, 4, 8, 16, 32, 64)
 )
+DEPENDENCY_CALLS = Counter(
+    "recstack_dependency_calls_total",
+    "Dependency calls made for RPCs, by whether the RPC ended OK (ok) or not (wasted).",
+    ["dependency", "outcome"],
+)
+
+
+@dataclass
+class DependencyCall:
+    """One call to `dependency` made (or about to be made) for an RPC."""
+
+    dependency: str
+    sent: bool = True  # False while a coalescer holds it queued; a call never sent is not counted
+
+
+class CallLedger:
+    """The dependency calls made for one RPC, counted into DEPENDENCY_CALLS by its outcome when it ends.
+
+    `RequestContext.remaining` records a call just before it is made; a coalescer takes that record
+    over (`latest_dependency_call`) and marks it sent only when its batch goes out.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[DependencyCall] = []
+
+    def close(self, ok: bool) -> None:
+        outcome = "ok" if ok else "wasted"
+        for call in self.calls:
+            if call.sent:
+                DEPENDENCY_CALLS.labels(call.dependency, outcome).inc()
+
+
+_LEDGER: ContextVar[CallLedger | None] = ContextVar("recstack_call_ledger", default=None)
+
+
+@contextmanager
+def call_ledger() -> Iterator[CallLedger]:
+    """A ledger for the dependency calls the block makes (closing it is the caller's job)."""
+    ledger = CallLedger()
+    token = _LEDGER.set(ledger)
+    try:
+        yield ledger
+    finally:
+        _LEDGER.reset(token)
+
+
+def record_dependency_call(dependency: str) -> None:
+    """Record a call to `dependency` in the current RPC's ledger (none outside an RPC)."""
+    ledger = _LEDGER.get()
+    if ledger is not None:
+        ledger.calls.append(DependencyCall(dependency))
+
+
+def latest_dependency_call() -> DependencyCall | None:
+    """The current RPC's most recently recorded call: the one its code is making right now."""
+    ledger = _LEDGER.get()
+    return ledger.calls[-1] if ledger is not None and ledger.calls else None
 
 
 def record_cache_warmup(vectors: int, seconds: float, failed: bool) -> None:

@@ -30,7 +30,7 @@ from server.errors import (
     NotFound,
     Overloaded,
 )
-from server.observability import INFLIGHT, RPC_SECONDS
+from server.observability import INFLIGHT, RPC_SECONDS, call_ledger
 
 log = structlog.get_logger("recstack.rpc")
 
@@ -56,28 +56,31 @@ def status_for(error: GatewayError) -> grpc.StatusCode:
 
 @contextlib.asynccontextmanager
 async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Count the RPC in flight, record its latency by final status, and turn errors into a status."""
+    """Count the RPC in flight, record its latency by final status and its dependency calls by whether it
+    ended OK, and turn errors into a status."""
     code = grpc.StatusCode.OK
     started = time.perf_counter()
     INFLIGHT.labels(method).inc()
-    try:
-        yield
-    except asyncio.CancelledError:  # the client cancelled or its deadline passed
-        code = grpc.StatusCode.CANCELLED
-        raise
-    except grpc.aio.AbortError:
-        raise
-    except GatewayError as error:
-        code = status_for(error)
-        log.warning("rpc_failed", method=method, code=code.name, error=str(error))
-        await context.abort(code, str(error))
-    except Exception:
-        code = grpc.StatusCode.INTERNAL
-        log.exception("rpc_crashed", method=method)
-        await context.abort(code, f"internal error in {method}")
-    finally:
-        INFLIGHT.labels(method).dec()
-        RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
+    with call_ledger() as ledger:
+        try:
+            yield
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except GatewayError as error:
+            code = status_for(error)
+            log.warning("rpc_failed", method=method, code=code.name, error=str(error))
+            await context.abort(code, str(error))
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("rpc_crashed", method=method)
+            await context.abort(code, f"internal error in {method}")
+        finally:
+            INFLIGHT.labels(method).dec()
+            RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
+            ledger.close(ok=code == grpc.StatusCode.OK)
 
 
 def unary(method: str) -> Callable[[UnaryHandler[Response]], UnaryHandler[Response]]:

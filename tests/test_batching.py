@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Hashable
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from server.batching import BatchedEncoders, BatchedSearch, Coalescer
 from server.domain import Filters, Hit
+from server.errors import DependencyTimeout
 
 pytestmark = pytest.mark.anyio
 
@@ -78,9 +80,11 @@ async def test_a_failed_batch_fails_each_of_its_calls_and_a_cancelled_caller_dro
 class FakeSearcher:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
+        self.timeouts: list[float | None] = []
 
     async def search(self, collection, vectors, limit, filters=None, output_fields=(), timeout=None):
         self.calls.append((len(vectors), limit))
+        self.timeouts.append(timeout)
         await asyncio.sleep(0.01)
         return [[Hit(f"{row[0]:.0f}-{i}", float(-i), {}) for i in range(limit)] for row in vectors]
 
@@ -123,3 +127,70 @@ async def test_batched_user_encoding_pads_histories_without_changing_answers() -
     assert encoders.user_batches == [(1, 1, 4), (2, 3, 4)]
     texts = await asyncio.gather(batched.encode_texts("query", ["ab"]), batched.encode_texts("query", ["abcd"]))
     assert [float(t[0, 0]) for t in texts] == [2.0, 4.0]
+
+
+async def test_a_call_whose_deadline_passes_while_queued_fails_then_and_is_never_sent() -> None:
+    recorder = Recorder()
+    coalescer = Coalescer(recorder.run, "test", max_batch=8, max_in_flight=1)
+    first = asyncio.create_task(coalescer.submit("k", 1))
+    await settle()
+    with pytest.raises(DependencyTimeout, match="test"):
+        await coalescer.submit("k", 2, deadline=time.monotonic() + 0.05)  # queued behind the first
+    recorder.release.set()
+    assert await first == 10
+    await settle()
+    assert recorder.batches == [[1]]
+
+
+async def test_a_call_already_past_its_deadline_is_not_sent_even_to_an_idle_dependency() -> None:
+    recorder = Recorder()
+    recorder.release.set()
+    coalescer = Coalescer(recorder.run, "test", max_batch=8, max_in_flight=1)
+    with pytest.raises(DependencyTimeout):
+        await coalescer.submit("k", 1, deadline=time.monotonic() - 0.001)
+    assert recorder.batches == []
+
+
+class Held:
+    """A batch call that waits until released and records how it ended."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.endings: list[str] = []
+
+    async def run(self, key: Hashable, calls: list[int]) -> list[int]:
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.endings.append("cancelled")
+            raise
+        self.endings.append("done")
+        return calls
+
+
+async def test_a_batch_in_flight_is_cancelled_once_all_its_callers_have_gone_and_not_before() -> None:
+    held = Held()
+    coalescer = Coalescer(held.run, "test", max_batch=8, max_in_flight=1)
+    alone = asyncio.create_task(coalescer.submit("k", 1))
+    await settle()
+    alone.cancel()
+    await settle()
+    assert held.endings == ["cancelled"]
+    kept, gone = asyncio.create_task(coalescer.submit("k", 2)), asyncio.create_task(coalescer.submit("k", 3))
+    await settle()
+    gone.cancel()
+    await settle()
+    assert held.endings == ["cancelled"]  # the shared call goes on for the caller still waiting
+    held.release.set()
+    assert await kept == 2
+    assert held.endings == ["cancelled", "done"]
+
+
+async def test_a_batch_runs_until_its_latest_callers_deadline() -> None:
+    searcher = FakeSearcher()
+    batched = BatchedSearch(searcher, max_batch=8, max_in_flight=1)
+    vector = np.zeros((1, 2), np.float32)
+    first = asyncio.create_task(batched.search("news", vector, 1, timeout=5.0))
+    await settle()
+    await asyncio.gather(first, *(batched.search("news", vector, 1, timeout=t) for t in (1.0, 9.0)))
+    assert searcher.timeouts[1] is not None and 8.0 < searcher.timeouts[1] <= 9.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -309,6 +309,24 @@ async def test_an_expired_deadline_stops_a_stage_before_it_calls_out(store: Fake
     with pytest.raises(DependencyTimeout):
         await UserVector(encoders)(np.ones((1, DIM), np.float32), RequestContext.with_budget(-1))
     assert encoders.calls == []
+
+
+async def test_every_stage_checks_the_deadline_before_each_dependency_call(store: FakeStore) -> None:
+    encoders, expired = FakeEncoders(), RequestContext.with_budget(-1)
+    catalog = CatalogView(ItemCache(10, 60), store, "news")
+    ingest = Ingest(encoders, store, ItemCache(10, 60), CatalogClock(), "news", "passages", encode_batch=2)
+    calls = [
+        HistoryVectors(catalog, encoders, max_history=3)([HistoryEntry("b", ""), HistoryEntry("", "T")], expired),
+        AnnCandidates(store, catalog)([], replace(state(2), user=np.ones(DIM, np.float32)), expired),
+        ColdStart(store, "news", CatalogClock(), window_days=1, pool=10)([], state(2), expired),
+        PassageSearch(QueryVector(encoders), store, "passages")(SearchQueryFactory.make("q"), expired),
+        ingest.upsert_news([NewsRecord("n", "title", "c", "", "", 1, 0.0)], expired),
+        ingest.delete(["a"], ["p"], expired),
+    ]
+    for call in calls:
+        with pytest.raises(DependencyTimeout):
+            await call
+    assert store.calls == [] and encoders.calls == []
 
 
 @dataclass

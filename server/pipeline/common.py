@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from server.domain import Filters, Hit
 from server.errors import DependencyTimeout
-from server.observability import StageTimer
+from server.observability import StageTimer, record_dependency_call
 
 
 @dataclass
@@ -33,10 +33,13 @@ class RequestContext:
         return cls(deadline=time.monotonic() + seconds)
 
     def remaining(self, dependency: str) -> float:
-        """Seconds left for a call to `dependency`; DependencyTimeout when none are left."""
+        """Seconds left for the call to `dependency` the stage makes right now (every stage asks just
+        before each call), which is recorded for `recstack_dependency_calls_total`; DependencyTimeout,
+        and no call, when none are left."""
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise DependencyTimeout(dependency, "request deadline reached before the call")
+        record_dependency_call(dependency)
         return left
 
 
