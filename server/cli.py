@@ -22,7 +22,7 @@ from rich.table import Table
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.config import LLMSettings, RagSettings
-from server.health import ANSWER_SERVICE, SERVICE
+from server.health import ANSWER_SERVICE, CACHE_SERVICE, SERVICE
 
 console = Console()
 
@@ -128,7 +128,7 @@ def finish_reason_name(reason: int) -> str:
 
 def cmd_health(channel: grpc.Channel, args: argparse.Namespace) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
-    for service in ("", SERVICE, ANSWER_SERVICE):
+    for service in ("", SERVICE, ANSWER_SERVICE, CACHE_SERVICE):
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=args.timeout)
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         colour = "green" if status == "SERVING" else "red"
