@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
+from server.admission import Admission
 from server.batching import BatchedEncoders, BatchedSearch
 from server.config import Settings, load_settings
 from server.errors import DependencyUnavailable
@@ -131,6 +132,7 @@ class GatewayApp:
             s.rag,
             request_timeout_s=s.gateway.request_timeout_s,
             answer_timeout_s=s.llm.timeout_s,
+            admission=Admission.from_settings(s.gateway.admission),
         )
 
     async def _wait_for_dependencies(self) -> None:

@@ -91,13 +91,39 @@ class LLMSettings(Section):
     keep_alive: str = Field("30m", description="Ollama only: how long the server keeps the model loaded.")
 
 
+class AdmissionSettings(Section):
+    """Adaptive concurrency limit of Recommend and Search (each its own; see `server.admission`)."""
+
+    enabled: bool = True
+    min_limit: int = Field(8, ge=1, description="The limit never falls below this many requests in flight.")
+    max_limit: int = Field(256, ge=1, description="The limit never grows above this many requests in flight.")
+    initial_limit: int = Field(32, ge=1, description="The limit at start, before any latency was observed.")
+    target_latency_s: float = Field(
+        0.1, gt=0, description="A window whose p90 latency is above this shrinks the limit, else it may grow."
+    )
+    backoff_ratio: float = Field(0.9, gt=0, lt=1, description="The limit is multiplied by this after a slow window.")
+    window_s: float = Field(0.1, gt=0, description="Latencies are judged once per window of at least this long.")
+    min_window_samples: int = Field(10, ge=1, description="A window also needs this many finished requests.")
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Self:
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                f"need min_limit <= initial_limit <= max_limit, got {self.min_limit}, "
+                f"{self.initial_limit}, {self.max_limit}"
+            )
+        return self
+
+
 class GatewaySettings(Section):
     """The gRPC server itself and its request limits."""
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
-    max_concurrent_rpcs: int = Field(256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED.")
+    max_concurrent_rpcs: int = Field(
+        256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED (a backstop; see admission)."
+    )
     max_k: int = Field(100, gt=0, description="Most results per Recommend/Search request.")
     # Characters take up to 4 bytes in UTF-8: these bounds keep every accepted text storable in Milvus.
     max_text_chars: int = Field(
@@ -124,6 +150,7 @@ class GatewaySettings(Section):
     startup_timeout_s: float = Field(120.0, gt=0, description="How long to wait for Triton and Milvus at start.")
     health_interval_s: float = Field(1.0, gt=0, description="How often dependencies are probed for health.")
     encode_batch: int = Field(64, gt=0, description="Most texts per Triton request when ingesting.")
+    admission: AdmissionSettings = AdmissionSettings()
 
 
 class RecommendSettings(Section):

@@ -40,4 +40,12 @@ class DependencyTimeout(GatewayError):
 
 
 class Overloaded(GatewayError):
-    """A bounded queue or concurrency limit is full; the caller may retry later."""
+    """A bounded queue or concurrency limit is full; the caller may retry later.
+
+    `retry_pushback_ms`, when given, is sent as gRPC's retry pushback hint (`grpc-retry-pushback-ms`):
+    how long to wait before retrying, or negative for "do not retry".
+    """
+
+    def __init__(self, message: str, retry_pushback_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_pushback_ms = retry_pushback_ms

@@ -13,7 +13,11 @@ Metric names:
 - `recstack_dependency_calls_total{dependency, outcome}`: calls to `triton`, `milvus` or `llm` made for an
   RPC, counted when the RPC ends: `ok` if it ended OK, `wasted` if not (cancelled, deadline passed,
   failed). A coalesced call counts once for each RPC it carried; a call a coalescer dropped before
-  sending it (its caller had gone) is not counted (see `CallLedger`).
+  sending it (its caller had gone) is not counted (see `CallLedger`);
+- `recstack_admission_rejected_total{method, reason}`: requests rejected with RESOURCE_EXHAUSTED before any
+  work, because the method's concurrency limit was reached (`limit`) or the caller's deadline was shorter
+  than the recent latency (`deadline`); `recstack_admission_limit{method}`: the current adaptive limit
+  (see `server.admission`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ DEPENDENCY_CALLS = Counter(
     "Dependency calls made for RPCs, by whether the RPC ended OK (ok) or not (wasted).",
     ["dependency", "outcome"],
 )
+
+ADMISSION_REJECTED = Counter(
+    "recstack_admission_rejected_total", "Requests rejected by admission control.", ["method", "reason"]
+)
+ADMISSION_LIMIT = Gauge("recstack_admission_limit", "Current adaptive concurrency limit.", ["method"])
 
 
 @dataclass

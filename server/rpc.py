@@ -42,6 +42,8 @@ STATUS_BY_ERROR: dict[type[GatewayError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
 Response = TypeVar("Response")
 UnaryHandler = Callable[..., Awaitable[Response]]
 StreamHandler = Callable[..., AsyncIterator[Response]]
@@ -72,7 +74,7 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
         except GatewayError as error:
             code = status_for(error)
             log.warning("rpc_failed", method=method, code=code.name, error=str(error))
-            await context.abort(code, str(error))
+            await context.abort(code, str(error), trailing_metadata=retry_pushback(error))
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("rpc_crashed", method=method)
@@ -81,6 +83,13 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
             INFLIGHT.labels(method).dec()
             RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
             ledger.close(ok=code == grpc.StatusCode.OK)
+
+
+def retry_pushback(error: GatewayError) -> tuple[tuple[str, str], ...]:
+    """gRPC's retry pushback hint as trailing metadata, for an Overloaded error that gives one."""
+    if isinstance(error, Overloaded) and error.retry_pushback_ms is not None:
+        return ((RETRY_PUSHBACK_KEY, str(error.retry_pushback_ms)),)
+    return ()
 
 
 def unary(method: str) -> Callable[[UnaryHandler[Response]], UnaryHandler[Response]]:

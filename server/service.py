@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
+from server.admission import Admission
 from server.config import RagSettings
 from server.pipeline.answer import Answerer, Done, Sources, Token
 from server.pipeline.common import Item, RequestContext
@@ -34,10 +35,13 @@ class GatewayService(pb_grpc.GatewayServicer):
         rag: RagSettings,
         request_timeout_s: float,
         answer_timeout_s: float,
+        admission: Admission | None = None,
     ) -> None:
+        """`admission`: the limits Recommend and Search are admitted under (none when not given)."""
         self.validator, self.recommender, self.search, self.ingest = validator, recommender, search, ingest
         self.answerer, self.rag = answerer, rag
         self.request_timeout_s, self.answer_timeout_s = request_timeout_s, answer_timeout_s
+        self.admission = admission if admission is not None else Admission({})
 
     @staticmethod
     def context(grpc_context: grpc.aio.ServicerContext, cap_s: float) -> RequestContext:
@@ -47,9 +51,10 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     @unary("Recommend")
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
-        query = self.validator.recommend(request)
-        ctx = self.context(context, self.request_timeout_s)
-        result = await self.recommender(query, ctx)
+        async with self.admission.permit("Recommend", context):
+            query = self.validator.recommend(request)
+            ctx = self.context(context, self.request_timeout_s)
+            result = await self.recommender(query, ctx)
         return pb.RecommendResponse(
             items=[news_result(item) for item in result.items],
             cold_start=result.cold_start,
@@ -59,9 +64,10 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     @unary("Search")
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        query = self.validator.search(request)
-        ctx = self.context(context, self.request_timeout_s)
-        passages = await self.search(query, ctx)
+        async with self.admission.permit("Search", context):
+            query = self.validator.search(request)
+            ctx = self.context(context, self.request_timeout_s)
+            passages = await self.search(query, ctx)
         return pb.SearchResponse(passages=passage_results(passages), timings=stage_timings(ctx))
 
     @server_stream("Answer")
