@@ -6,7 +6,7 @@
 | NotFound                    | NOT_FOUND            |
 | DependencyUnavailable       | UNAVAILABLE          |
 | DependencyTimeout           | DEADLINE_EXCEEDED    |
-| Overloaded                  | RESOURCE_EXHAUSTED   |
+| Overloaded                  | RESOURCE_EXHAUSTED (trailing `grpc-retry-pushback-ms` when it gives one) |
 | anything else               | INTERNAL (logged with its traceback; the caller sees no internals) |
 """
 
@@ -74,7 +74,10 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
         except GatewayError as error:
             code = status_for(error)
             log.warning("rpc_failed", method=method, code=code.name, error=str(error))
-            await context.abort(code, str(error), trailing_metadata=retry_pushback(error))
+            if isinstance(error, Overloaded) and error.retry_pushback_ms is not None:
+                # abort() sends the trailing metadata set before it
+                context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(error.retry_pushback_ms)),))
+            await context.abort(code, str(error))
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("rpc_crashed", method=method)
@@ -83,13 +86,6 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
             INFLIGHT.labels(method).dec()
             RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
             ledger.close(ok=code == grpc.StatusCode.OK)
-
-
-def retry_pushback(error: GatewayError) -> tuple[tuple[str, str], ...]:
-    """gRPC's retry pushback hint as trailing metadata, for an Overloaded error that gives one."""
-    if isinstance(error, Overloaded) and error.retry_pushback_ms is not None:
-        return ((RETRY_PUSHBACK_KEY, str(error.retry_pushback_ms)),)
-    return ()
 
 
 def unary(method: str) -> Callable[[UnaryHandler[Response]], UnaryHandler[Response]]:
