@@ -15,8 +15,9 @@ RESOURCE_EXHAUSTED already) and UpsertItems/DeleteItems (bulk writes from a pipe
 latency-bound path); `gateway.max_concurrent_rpcs` still bounds everything.
 
 A request is also rejected at once when its caller's remaining deadline is shorter than the
-latency recently observed for its kind (the last window's median): it would most likely time out
-in the gateway after using Triton and Milvus for nothing.
+latency recently observed for its kind (the last window's median, forgotten after
+`STALE_AFTER_WINDOWS` windows without a judgment): it would most likely time out in the gateway
+after using Triton and Milvus for nothing.
 
 Rejections carry trailing metadata `grpc-retry-pushback-ms` (gRPC's retry pushback, gRFC A6): for a
 full limit, the recent median latency (about when a slot frees up); for a too-short deadline, -1,
@@ -39,6 +40,7 @@ from server.observability import ADMISSION_LIMIT, ADMISSION_REJECTED
 
 LIMITED_METHODS = ("Recommend", "Search")
 DO_NOT_RETRY_MS = -1
+STALE_AFTER_WINDOWS = 10
 
 
 class Rejection(StrEnum):
@@ -71,13 +73,21 @@ class AdaptiveLimiter:
 
     def try_acquire(self, remaining_s: float | None) -> Rejection | None:
         """Admit (None; the caller must `release` later) or say why not. `remaining_s`: the caller's deadline."""
-        if remaining_s is not None and self.recent_latency_s is not None and remaining_s < self.recent_latency_s:
+        recent_s = self._fresh_latency_s()
+        if remaining_s is not None and recent_s is not None and remaining_s < recent_s:
             return Rejection.DEADLINE
         if self.in_flight >= int(self.limit):
             return Rejection.LIMIT
         self.in_flight += 1
         self._window_peak_in_flight = max(self._window_peak_in_flight, self.in_flight)
         return None
+
+    def _fresh_latency_s(self) -> float | None:
+        """The recent latency, unless no window was judged for STALE_AFTER_WINDOWS windows: were every
+        request rejected for its deadline, none would finish to update it, so it must expire."""
+        if self.clock() - self._window_started > STALE_AFTER_WINDOWS * self.settings.window_s:
+            return None
+        return self.recent_latency_s
 
     def release(self, latency_s: float | None) -> None:
         """An admitted request ended; `latency_s` is its latency, or None when it says nothing about load

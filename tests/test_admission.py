@@ -139,3 +139,13 @@ def test_settings_need_ordered_limits_and_are_a_gateway_section() -> None:
     assert settings.gateway.admission.max_limit == 64
     with pytest.raises(ValidationError, match=r"gateway\.admission\.max_limitt"):
         load_settings(gateway={"admission": {"max_limitt": 64}})
+
+
+def test_the_recent_latency_expires_so_deadline_rejections_cannot_last_forever() -> None:
+    lim, clock = limiter()
+    run_window(lim, clock, latency_s=0.08, concurrency=5)
+    assert lim.try_acquire(0.05) is Rejection.DEADLINE
+    clock.now += 10 * 0.25  # ten windows without a judgment (nothing admitted finished)
+    assert lim.try_acquire(0.05) is Rejection.DEADLINE
+    clock.now += 0.01
+    assert lim.try_acquire(0.05) is None

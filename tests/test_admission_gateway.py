@@ -66,7 +66,7 @@ async def test_over_the_limit_a_recommend_is_rejected_at_once_and_admitted_again
 
 
 async def test_a_deadline_shorter_than_the_recent_latency_is_rejected_with_do_not_retry() -> None:
-    admission = fixed_limit(2, min_window_samples=1)
+    admission = fixed_limit(2, min_window_samples=1, window_s=0.2)  # judged when `slow` ends
     async with gateway(admission=admission) as gw:
         slow = recommend(gw.stub)
         await until(lambda: len(gw.encoder.batches) == 1)
