@@ -78,12 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help=f"bearer token (default: ${TOKEN_ENV}; prefer the variable)")
 
 
-def from_arguments(args: argparse.Namespace) -> ClientSecurity:
-    """The ClientSecurity the flags of `add_arguments` describe; the token falls back to $RECSTACK_TOKEN."""
-    return ClientSecurity(
-        tls=args.tls,
-        ca_cert=args.ca_cert,
-        client_cert=args.client_cert,
-        client_key=args.client_key,
-        token=args.token or os.environ.get(TOKEN_ENV, ""),
-    )
+def from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClientSecurity:
+    """The ClientSecurity the flags of `add_arguments` describe (the token falls back to $RECSTACK_TOKEN);
+    inconsistent flags end in `parser.error`."""
+    try:
+        return ClientSecurity(
+            tls=args.tls,
+            ca_cert=args.ca_cert,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+            token=args.token or os.environ.get(TOKEN_ENV, ""),
+        )
+    except ValueError as error:
+        parser.error(str(error))

@@ -47,7 +47,7 @@ from server.pipeline.recommend import (
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
-from server.transport import InsecureExposure, bind, check_exposure
+from server.transport import InsecureExposure, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
 
 log = structlog.get_logger("recstack.gateway")
@@ -75,27 +75,28 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
-        """Serve on the configured address; returns the bound port (useful with port 0)."""
-        auth = interceptors(self.settings.security)  # reads tokens_file now: a bad file fails before the wait
+        """Serve on the configured address; returns the bound port (useful with port 0).
+
+        Token and certificate files are read before waiting for the dependencies, so a bad one fails at once.
+        """
+        gw, security = self.settings.gateway, self.settings.security
+        auth, credentials = interceptors(security), server_credentials(security)
         await self._wait_for_dependencies()
         dims = await self.encoders.embedding_dims()
         await self.store.ensure_collections(
             news_dim=dims[self.settings.triton.news_encoder], passage_dim=dims[self.settings.triton.doc_encoder]
         )
-        service = self._service()
-        gw = self.settings.gateway
         self.server = grpc.aio.server(interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs)
-        gateway_pb2_grpc.add_GatewayServicer_to_server(service, self.server)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self._service(), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         names = [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health"], self.server)
-        self.port = bind(self.server, f"{gw.host}:{gw.port}", self.settings.security)
+        self.port = bind(self.server, f"{gw.host}:{gw.port}", credentials, security.loopback_port)
         await self.health.check()
         await self.server.start()
         if gw.metrics_port:
             start_http_server(gw.metrics_port, addr=gw.host)
         self._tasks = [asyncio.create_task(self.health.run()), asyncio.create_task(self._warm_cache())]
-        security = self.settings.security
         log.info(
             "serving",
             address=f"{gw.host}:{self.port}",

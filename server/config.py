@@ -197,6 +197,13 @@ class SecuritySettings(Section):
         frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}),
         description="gRPC services callable without a token.",
     )
+    loopback_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Also listen on 127.0.0.1:<port> without TLS (tokens still apply), e.g. for a container's "
+        "health probe; 0: no.",
+    )
     allow_insecure: bool = Field(
         False, description="Allow a non-loopback gateway.host without TLS and tokens (e.g. behind a trusted proxy)."
     )

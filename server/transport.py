@@ -55,10 +55,13 @@ def server_credentials(security: SecuritySettings) -> grpc.ServerCredentials | N
     )
 
 
-def bind(server: grpc.aio.Server, address: str, security: SecuritySettings) -> int:
-    """Add the listening port, secure when TLS is configured; returns the bound port."""
-    credentials = server_credentials(security)
+def bind(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, loopback_port: int = 0
+) -> int:
+    """Add the listening port (TLS with `credentials`) and the plaintext loopback port if any; returns the first."""
     port: int = (
         server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     )
+    if loopback_port:
+        server.add_insecure_port(f"127.0.0.1:{loopback_port}")
     return port

@@ -26,6 +26,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import contract
 from contract.channel import ClientSecurity
+from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server import auth
@@ -33,7 +34,7 @@ from server.auth import METHOD_SCOPES, TokenTable, bearer_token, interceptors, t
 from server.config import GatewaySettings, LLMSettings, MilvusSettings, SecuritySettings, TritonSettings, load_settings
 from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClient
 from server.milvus import store as milvus_store
-from server.transport import InsecureExposure, bind, check_exposure
+from server.transport import InsecureExposure, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
 
 pytestmark = pytest.mark.anyio
@@ -98,7 +99,7 @@ async def serving(security: SecuritySettings) -> AsyncIterator[tuple[str, FakeGa
     server = grpc.aio.server(interceptors=interceptors(security))
     pb_grpc.add_GatewayServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = bind(server, "127.0.0.1:0", security)
+    port = bind(server, "127.0.0.1:0", server_credentials(security), security.loopback_port)
     await server.start()
     try:
         yield f"localhost:{port}", service
@@ -201,6 +202,18 @@ async def test_health_stays_open_and_can_be_closed(pki: Pki) -> None:
     async with serving(closed) as (target, _), anonymous.aio_channel(target) as channel:
         call = health_pb2_grpc.HealthStub(channel).Check(check, timeout=5)
         assert await status_of(call) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_loopback_port_is_plaintext_for_probes_and_still_needs_tokens(pki: Pki) -> None:
+    loopback_port = free_port("127.0.0.1")
+    async with serving(tls_settings(pki, tokens=TOKENS, loopback_port=loopback_port)) as (_, service):
+        target = f"127.0.0.1:{loopback_port}"
+        async with ClientSecurity().aio_channel(target) as channel:
+            check = health_pb2.HealthCheckRequest(service="")
+            assert (await health_pb2_grpc.HealthStub(channel).Check(check, timeout=5)).status == 1
+        assert await status_of(recommend(ClientSecurity(), target)) == grpc.StatusCode.UNAUTHENTICATED
+        assert (await recommend(ClientSecurity(token=READER), target)).history_used == 1
+    assert service.reached == ["Recommend"]
 
 
 async def test_a_token_travels_over_plaintext_loopback(pki: Pki) -> None:
@@ -307,7 +320,7 @@ class ReadyTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
 async def test_the_triton_client_speaks_tls_when_configured(pki: Pki) -> None:
     server = grpc.aio.server()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(ReadyTriton(), server)
-    port = bind(server, "127.0.0.1:0", tls_settings(pki))
+    port = bind(server, "127.0.0.1:0", server_credentials(tls_settings(pki)))
     await server.start()
     tokenizers: Any = dict.fromkeys(contract.TEXT_FIELDS)
     url = f"localhost:{port}"
