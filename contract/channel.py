@@ -39,18 +39,18 @@ class ClientSecurity:
     def credentials(self) -> grpc.ChannelCredentials | None:
         """Channel credentials, or None for a plain channel (no TLS, no token)."""
         if self.tls:
-            channel: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
+            base: grpc.ChannelCredentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(self.ca_cert),
                 private_key=_read(self.client_key),
                 certificate_chain=_read(self.client_cert),
             )
         elif self.token:
-            channel = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+            base = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
         else:
             return None
         if not self.token:
-            return channel
-        return grpc.composite_channel_credentials(channel, grpc.access_token_call_credentials(self.token))
+            return base
+        return grpc.composite_channel_credentials(base, grpc.access_token_call_credentials(self.token))
 
     def channel(self, target: str) -> grpc.Channel:
         """A blocking channel to the gateway."""

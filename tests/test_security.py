@@ -22,6 +22,7 @@ import pytest
 import structlog
 import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY, generate_latest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import contract
@@ -236,6 +237,7 @@ async def test_tokens_never_appear_in_logs(pki: Pki) -> None:
     assert logs[0]["token_name"] == "reader"
     assert READER not in repr(logs) and WRITER not in repr(logs)
     assert READER not in repr(reader)
+    assert READER.encode() not in generate_latest(REGISTRY)
 
 
 def test_every_rpc_of_the_gateway_service_has_a_scope() -> None:
