@@ -3,6 +3,8 @@
 # stand-ins). Build after `make export` (the tokenizer files are copied in):
 #   docker build -t recstack-gateway .
 # Settings come from configs/production.yaml and RECSTACK_* environment variables (see README).
+# It listens on 0.0.0.0, so it needs TLS and tokens (README "Security"): mount the certificate, key and
+# tokens file at /run/secrets/recstack/ (as deploy/docker-compose.yml does), or it refuses to start.
 FROM python:3.11-slim AS build
 WORKDIR /src
 # Serving-only dependencies: server/ imports only itself, contract/ and the generated proto code (never
@@ -30,6 +32,7 @@ ENV RECSTACK_TRITON__TOKENIZER_DIR=/app/tokenizers \
     OPENBLAS_NUM_THREADS=1
 USER recstack
 EXPOSE 50051 9464
+# The probe uses security.loopback_port (50052 in production.yaml): plaintext, bound to 127.0.0.1 only.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
-  CMD python -c "import sys,grpc;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;c=grpc.insecure_channel('127.0.0.1:50051');r=g.HealthStub(c).Check(h.HealthCheckRequest(service='recstack.v1.Gateway'),timeout=2);sys.exit(r.status!=1)"
+  CMD python -c "import sys,grpc;from grpc_health.v1 import health_pb2 as h,health_pb2_grpc as g;c=grpc.insecure_channel('127.0.0.1:50052');r=g.HealthStub(c).Check(h.HealthCheckRequest(service='recstack.v1.Gateway'),timeout=2);sys.exit(r.status!=1)"
 ENTRYPOINT ["python", "-m", "server", "--config", "/app/configs/production.yaml"]

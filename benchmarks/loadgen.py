@@ -20,6 +20,7 @@ AnswerDone's retrieval_ms, time_to_first_token_ms and total_ms, and their overhe
 
     python -m benchmarks.loadgen --target 127.0.0.1:50051 --rpc recommend --concurrency 8 --duration-s 10
     python -m benchmarks.loadgen --target HOST:443 --tls --rpc recommend=3,search=1 --rate 200 --json out.json
+    (a gateway with tokens: RECSTACK_TOKEN=<token> in the environment, or --token)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -53,6 +55,7 @@ from benchmarks.workload import (
     synthetic_ids,
 )
 from contract import layout
+from contract.channel import TOKEN_ENV, ClientSecurity
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -83,6 +86,9 @@ class LoadConfig(BaseModel):
     deadline_ms: float = Field(1000.0, gt=0, le=MAX_DEADLINE_MS, description="per-request gRPC deadline")
     tls: bool = False
     ca_cert: Path | None = Field(None, description="PEM roots for TLS (default: the system's)")
+    client_cert: Path | None = Field(None, description="mutual TLS: this client's PEM certificate chain")
+    client_key: Path | None = Field(None, description="mutual TLS: the key of client_cert")
+    token: str = Field("", repr=False, description=f"bearer token (default: ${TOKEN_ENV})")
     channels: int = Field(1, ge=1, le=MAX_CHANNELS, description="gRPC channels (connections), used in turn")
     seed: int = 0
     k: int = Field(10, ge=1, le=1000)
@@ -103,7 +109,19 @@ class LoadConfig(BaseModel):
             raise ValueError("ca_cert is only used with tls")
         if self.ca_cert is not None and not self.ca_cert.is_file():
             raise ValueError(f"ca_cert {self.ca_cert} is not a file")
+        _ = self.security  # raises when the client certificate and key do not go together, with tls
         return self
+
+    @property
+    def security(self) -> ClientSecurity:
+        """TLS and token of the client; the token falls back to $RECSTACK_TOKEN."""
+        return ClientSecurity(
+            tls=self.tls,
+            ca_cert=self.ca_cert,
+            client_cert=self.client_cert,
+            client_key=self.client_key,
+            token=self.token or os.environ.get(TOKEN_ENV, ""),
+        )
 
     @property
     def mode(self) -> str:
@@ -143,12 +161,8 @@ class GatewayClient:
     @contextlib.asynccontextmanager
     async def connect(cls, config: LoadConfig) -> AsyncIterator[GatewayClient]:
         """Open the channels and wait until each is connected (ConnectionError after CONNECT_TIMEOUT_S)."""
-        if config.tls:
-            roots = config.ca_cert.read_bytes() if config.ca_cert else None
-            credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            channels = [grpc.aio.secure_channel(config.target, credentials) for _ in range(config.channels)]
-        else:
-            channels = [grpc.aio.insecure_channel(config.target) for _ in range(config.channels)]
+        security = config.security
+        channels = [security.aio_channel(config.target) for _ in range(config.channels)]
         client = cls(channels)
         try:
             try:
@@ -349,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--deadline-ms", type=float)
     add("--tls", action="store_true")
     add("--ca-cert", type=Path)
+    add("--client-cert", type=Path)
+    add("--client-key", type=Path)
+    add("--token")
     add("--channels", type=int)
     add("--seed", type=int)
     add("--k", type=int)

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from contract import layout
+from contract import channel, layout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog.add_argument("--target", default="127.0.0.1:50051", help="gateway address (%(default)s)")
     catalog.add_argument("--data", type=Path, default=layout.DATA, help="data root (%(default)s)")
     catalog.add_argument("--batch", type=int, default=256, help="items per UpsertItems call (%(default)s)")
+    channel.add_arguments(catalog)
     args = parser.parse_args(argv)
     console = Console()
     if args.command == "models":
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from export.catalog import index_catalog
 
-        counts = index_catalog(args.target, args.data, args.batch)
+        security = channel.from_arguments(catalog, args)
+        counts = index_catalog(args.target, args.data, args.batch, security=security)
         console.log(f"indexed {counts.news} news articles and {counts.passages} passages via {args.target}")
     return 0
 

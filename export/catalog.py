@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.progress import Progress
 
+from contract.channel import ClientSecurity
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from training.data.mind import BEHAVIORS_FILE, NEWS_FILE, load_behaviors, load_news
@@ -103,11 +103,20 @@ def batches(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def index_catalog(target: str, data_dir: Path, batch: int = BATCH, timeout_s: float = 120.0) -> CatalogCounts:
-    """Upsert every news article and passage of `data_dir` (mind/, msmarco/) through the gateway."""
+def index_catalog(
+    target: str,
+    data_dir: Path,
+    batch: int = BATCH,
+    timeout_s: float = 120.0,
+    security: ClientSecurity | None = None,
+) -> CatalogCounts:
+    """Upsert every news article and passage of `data_dir` (mind/, msmarco/) through the gateway.
+
+    `security`: TLS and the (write-scoped) token when the gateway asks for them (default: plaintext, no token).
+    """
     news, passages = news_items(data_dir / "mind"), passage_items(data_dir / "msmarco")
     written = CatalogCounts(0, 0)
-    with grpc.insecure_channel(target) as channel, Progress() as progress:
+    with (security or ClientSecurity()).channel(target) as channel, Progress() as progress:
         stub = pb_grpc.GatewayStub(channel)
         news_task = progress.add_task("indexing news", total=len(news))
         passage_task = progress.add_task("indexing passages", total=len(passages))

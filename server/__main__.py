@@ -1,5 +1,12 @@
-"""`python -m server`: run the gateway (see `server.app`)."""
+"""`python -m server`: run the gateway (see `server.app`); `python -m server token NAME [SCOPE ...]` mints a token."""
 
-from server.app import main
+import sys
 
-main()
+if sys.argv[1:2] == ["token"]:
+    from server.auth import main as mint
+
+    mint(sys.argv[2:])
+else:
+    from server.app import main
+
+    main()

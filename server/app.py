@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from server.admission import Admission
+from server.auth import interceptors
 from server.batching import BatchedEncoders, BatchedSearch
 from server.config import Settings, load_settings
 from server.errors import DependencyUnavailable
@@ -47,6 +48,7 @@ from server.pipeline.recommend import (
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
+from server.transport import InsecureExposure, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
 
 log = structlog.get_logger("recstack.gateway")
@@ -56,6 +58,8 @@ class GatewayApp:
     """Owns every component and the gRPC server; `start()` then `stop()`."""
 
     def __init__(self, settings: Settings) -> None:
+        """Raises InsecureExposure before anything else when a non-loopback address lacks TLS and tokens."""
+        check_exposure(settings.gateway, settings.security)
         self.settings = settings
         self.encoders = TritonEncoders.from_settings(settings.triton)
         self.store = MilvusStore(settings.milvus)
@@ -72,26 +76,35 @@ class GatewayApp:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
-        """Serve on the configured address; returns the bound port (useful with port 0)."""
+        """Serve on the configured address; returns the bound port (useful with port 0).
+
+        Token and certificate files are read before waiting for the dependencies, so a bad one fails at once.
+        """
+        gw, security = self.settings.gateway, self.settings.security
+        auth, credentials = interceptors(security), server_credentials(security)
         await self._wait_for_dependencies()
         dims = await self.encoders.embedding_dims()
         await self.store.ensure_collections(
             news_dim=dims[self.settings.triton.news_encoder], passage_dim=dims[self.settings.triton.doc_encoder]
         )
-        service = self._service()
-        gw = self.settings.gateway
-        self.server = grpc.aio.server(maximum_concurrent_rpcs=gw.max_concurrent_rpcs)
-        gateway_pb2_grpc.add_GatewayServicer_to_server(service, self.server)
+        self.server = grpc.aio.server(interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs)
+        gateway_pb2_grpc.add_GatewayServicer_to_server(self._service(), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         names = [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health"], self.server)
-        self.port = self.server.add_insecure_port(f"{gw.host}:{gw.port}")
+        self.port = bind(self.server, f"{gw.host}:{gw.port}", credentials, security.loopback_port)
         await self.health.check()
         await self.server.start()
         if gw.metrics_port:
             start_http_server(gw.metrics_port, addr=gw.host)
         self._tasks = [asyncio.create_task(self.health.run()), asyncio.create_task(self._warm_cache())]
-        log.info("serving", address=f"{gw.host}:{self.port}", metrics_port=gw.metrics_port)
+        log.info(
+            "serving",
+            address=f"{gw.host}:{self.port}",
+            metrics_port=gw.metrics_port,
+            tls="mutual" if security.tls_client_ca_file else "on" if security.tls else "off",
+            tokens=security.authentication,
+        )
         return self.port
 
     def _service(self) -> GatewayService:
@@ -226,4 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(json=args.log_format == "json")
     import uvloop
 
-    uvloop.run(serve(settings))
+    try:
+        uvloop.run(serve(settings))
+    except InsecureExposure as error:
+        raise SystemExit(f"gateway refused to start: {error}") from None

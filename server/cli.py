@@ -4,6 +4,7 @@ recstack recommend --history N1,N2,N3 -k 10 [--category sports] [--diversity 0.3
 recstack search "brexit negotiations" -k 5
 recstack ask "who won the election?"
 recstack health
+Behind TLS and tokens: recstack --tls --ca-cert ca.pem search "…" (token from $RECSTACK_TOKEN or --token).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
 
+from contract import channel
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.config import LLMSettings, RagSettings
@@ -139,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="recstack", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     root.add_argument("--target", default="127.0.0.1:50051", help="gateway address (%(default)s)")
     root.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds (%(default)s)")
+    channel.add_arguments(root)
     commands = root.add_subparsers(dest="command", required=True)
 
     def with_filters(
@@ -179,14 +182,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    with grpc.insecure_channel(args.target) as channel:
+    cli = parser()
+    args = cli.parse_args(argv)
+    security = channel.from_arguments(cli, args)
+    with security.channel(args.target) as gateway_channel:
         try:
             if args.command == "health":
-                cmd_health(channel, args)
+                cmd_health(gateway_channel, args)
             else:
                 handler = {"recommend": cmd_recommend, "search": cmd_search, "ask": cmd_ask}[args.command]
-                handler(pb_grpc.GatewayStub(channel), args)
+                handler(pb_grpc.GatewayStub(gateway_channel), args)
         except grpc.RpcError as error:
             console.print(f"[red]{error.code().name}[/red]: {error.details()}")
             return 1

@@ -33,6 +33,10 @@ class TritonSettings(Section):
 
     url: str = "127.0.0.1:8001"
     timeout_s: float = Field(2.0, gt=0, description="Deadline of one inference call.")
+    ssl: bool = Field(False, description="Talk to Triton over TLS (an SSL gRPC channel).")
+    ssl_root_certificates: Path | None = Field(None, description="PEM CA bundle to verify Triton (default: system's).")
+    ssl_private_key: Path | None = Field(None, description="PEM client key, when Triton asks for a client certificate.")
+    ssl_certificate_chain: Path | None = Field(None, description="PEM client certificate chain (with the key).")
     news_encoder: str = contract.NEWS_ENCODER
     user_encoder: str = contract.USER_ENCODER
     query_encoder: str = contract.QUERY_ENCODER
@@ -46,10 +50,16 @@ class TritonSettings(Section):
 
 
 class MilvusSettings(Section):
-    """Milvus: a file path opens Milvus Lite, http(s)://host:port a standalone server or a cluster."""
+    """Milvus: a file path opens Milvus Lite, http(s)://host:port a standalone server or a cluster.
+
+    `https://` turns TLS on (pymilvus decides by the URI); authenticate with `token` ("user:password" or an API
+    key) or with `user` and `password`.
+    """
 
     uri: str = "http://127.0.0.1:19530"
     token: str = ""
+    user: str = ""
+    password: str = ""
     timeout_s: float = Field(2.0, gt=0, description="Deadline of one Milvus call.")
     write_timeout_s: float = Field(
         10.0, gt=0, description="Deadline of one upsert/delete call, its wait until the write is visible included."
@@ -74,7 +84,10 @@ class MilvusSettings(Section):
 
 
 class LLMSettings(Section):
-    """The LLM behind `Answer`: Ollama's API (production default) or an OpenAI-compatible server."""
+    """The LLM behind `Answer`: Ollama's API (production default) or an OpenAI-compatible server.
+
+    An `https://` URL turns TLS on; `api_key` is sent as `Authorization: Bearer <api_key>`.
+    """
 
     protocol: Literal["ollama", "openai"] = "ollama"
     url: str = "http://127.0.0.1:11434"
@@ -185,6 +198,60 @@ class RagSettings(Section):
         return self
 
 
+Scope = Literal["read", "write"]
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+class TokenSpec(Section):
+    """One bearer token, stored as its SHA-256 (the token itself is never in the settings)."""
+
+    name: str = Field(min_length=1, description="Who holds it; logged instead of the token.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256 of the token.")
+    scopes: frozenset[Scope] = Field(min_length=1, description="read: Recommend/Search/Answer; write: Upsert/Delete.")
+
+
+class SecuritySettings(Section):
+    """Gateway TLS (optionally mutual) and bearer-token authentication; both off by default (loopback only)."""
+
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate chain; with tls_key_file, TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: clients must present a certificate it signed (mutual TLS)."
+    )
+    tokens: list[TokenSpec] = Field(default_factory=list, description="Accepted tokens; any turns authentication on.")
+    tokens_file: Path | None = Field(None, description="YAML list of more tokens in the same form as `tokens`.")
+    open_services: frozenset[str] = Field(
+        frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}),
+        description="gRPC services callable without a token.",
+    )
+    loopback_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Also listen on 127.0.0.1:<port> without TLS (tokens still apply), e.g. for a container's "
+        "health probe; 0: no.",
+    )
+    allow_insecure: bool = Field(
+        False, description="Allow a non-loopback gateway.host without TLS and tokens (e.g. behind a trusted proxy)."
+    )
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @property
+    def authentication(self) -> bool:
+        return bool(self.tokens) or self.tokens_file is not None
+
+    @model_validator(mode="after")
+    def _tls_files_go_together(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file is not None and not self.tls:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the gateway needs, flowing down to each component."""
 
@@ -196,6 +263,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     recommend: RecommendSettings = RecommendSettings()
     rag: RagSettings = RagSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @classmethod
     def settings_customise_sources(

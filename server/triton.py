@@ -11,6 +11,7 @@ The underlying gRPC channel reconnects by itself, so calls succeed again once Tr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,7 +37,13 @@ class TritonEncoders:
             raise ValueError(f"no tokenizer for text fields {sorted(missing)}")
         self.settings = settings
         self.tokenizers = tokenizers
-        self._client = triton_aio.InferenceServerClient(settings.url)
+        self._client = triton_aio.InferenceServerClient(
+            settings.url,
+            ssl=settings.ssl,
+            root_certificates=_path(settings.ssl_root_certificates),
+            private_key=_path(settings.ssl_private_key),
+            certificate_chain=_path(settings.ssl_certificate_chain),
+        )
         self._models = {
             contract.TITLE: settings.news_encoder,
             contract.QUERY: settings.query_encoder,
@@ -114,6 +121,10 @@ class TritonEncoders:
         except InferenceServerException as error:
             raise _mapped(model, error) from error
         return np.asarray(result.as_numpy(contract.EMBEDDING), dtype=np.float32)
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def _mapped(model: str, error: InferenceServerException) -> Exception:

@@ -72,9 +72,13 @@ class MilvusStore:
     def __post_init__(self) -> None:
         lite.prepare(self.settings.uri)
         # dedicated: this store owns its channel, so close() really closes it.
-        self._client = AsyncMilvusClient(
-            self.settings.uri, token=self.settings.token, timeout=self.settings.timeout_s, dedicated=True
-        )
+        self._client = AsyncMilvusClient(**self.connection, timeout=self.settings.timeout_s, dedicated=True)
+
+    @property
+    def connection(self) -> dict[str, str]:
+        """Where and as whom to connect: an `https://` URI means TLS, pymilvus's own rule."""
+        s = self.settings
+        return {"uri": s.uri, "token": s.token, "user": s.user, "password": s.password}
 
     @property
     def is_lite(self) -> bool:
@@ -99,7 +103,7 @@ class MilvusStore:
 
     def _ensure_all(self, specs: Sequence[CollectionSpec], timeout: float) -> None:
         hnsw = HnswParams(self.settings.hnsw_m, self.settings.hnsw_ef_construction)
-        client = MilvusClient(self.settings.uri, token=self.settings.token, timeout=timeout, dedicated=True)
+        client = MilvusClient(**self.connection, timeout=timeout, dedicated=True)
         try:
             for spec in specs:
                 ensure_collection(client, spec, hnsw, timeout)
