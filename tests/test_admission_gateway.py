@@ -10,6 +10,7 @@ import grpc
 import pytest
 from gateway_fixtures import calls_since, dependency_calls, gateway, ids, recommend, sample, until
 
+from recstack.v1 import gateway_pb2 as pb
 from server.admission import Admission
 from server.config import AdmissionSettings
 from server.rpc import RETRY_PUSHBACK_KEY
@@ -80,3 +81,16 @@ async def test_a_deadline_shorter_than_the_recent_latency_is_rejected_with_do_no
         assert rejections("deadline") == rejected_before + 1
         assert calls_since(before) == {}
         assert gw.encoder.batches == [1]
+
+
+async def test_a_bad_request_is_invalid_argument_even_when_the_limit_is_full() -> None:
+    admission = fixed_limit(1)
+    async with gateway(admission=admission) as gw:
+        held = recommend(gw.stub)
+        await until(lambda: admission.limiters["Recommend"].in_flight == 1 and len(gw.encoder.batches) == 1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gw.stub.Recommend(pb.RecommendRequest(history=[pb.HistoryItem(id="a")], k=0), timeout=10.0)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith("k:")
+        gw.encoder.release(0)
+        assert ids(await held) == ["c", "b"]
