@@ -10,6 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check results, not speed: on a shared 2-core machine an example can take longer than
+# hypothesis's default 200 ms deadline while a benchmark or a server runs beside the tests.
+settings.register_profile("recstack", deadline=None)
+settings.load_profile("recstack")
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
