@@ -12,11 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-# Property tests check results, not speed: on a shared 2-core machine an example can take longer than
-# hypothesis's default 200 ms deadline while a benchmark or a server runs beside the tests.
-settings.register_profile("recstack", deadline=None)
-settings.load_profile("recstack")
-
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -25,6 +20,11 @@ from training.checkpoint import Checkpoint
 from training.config import NRMSRunConfig, TwoTowerRunConfig, load_run_config
 from training.data.build import DatasetPaths, build_datasets
 from training.data.mind_sim import MindSimConfig
+
+# Property tests check results, not speed: on a shared 2-core machine an example can take longer than
+# hypothesis's default 200 ms deadline while a benchmark or a server runs beside the tests.
+settings.register_profile("recstack", deadline=None)
+settings.load_profile("recstack")
 
 TINY_MIND = MindSimConfig(n_users=60, min_candidates=5, max_candidates=12)
 TINY_ARTICLES = 240
