@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -115,13 +114,7 @@ class LoadConfig(BaseModel):
     @property
     def security(self) -> ClientSecurity:
         """TLS and token of the client; the token falls back to $RECSTACK_TOKEN."""
-        return ClientSecurity(
-            tls=self.tls,
-            ca_cert=self.ca_cert,
-            client_cert=self.client_cert,
-            client_key=self.client_key,
-            token=self.token or os.environ.get(TOKEN_ENV, ""),
-        )
+        return ClientSecurity.with_env_token(self.tls, self.ca_cert, self.client_cert, self.client_key, self.token)
 
     @property
     def mode(self) -> str:

@@ -33,6 +33,13 @@ class ClientSecurity:
         if not self.tls and (self.ca_cert or self.client_cert):
             raise ValueError("certificates are only used with TLS (--tls)")
 
+    @classmethod
+    def with_env_token(
+        cls, tls: bool, ca_cert: Path | None, client_cert: Path | None, client_key: Path | None, token: str | None
+    ) -> ClientSecurity:
+        """These settings, with the token taken from $RECSTACK_TOKEN when none is given."""
+        return cls(tls, ca_cert, client_cert, client_key, token or os.environ.get(TOKEN_ENV, ""))
+
     def __repr__(self) -> str:  # never show the token
         return f"ClientSecurity(tls={self.tls}, ca_cert={self.ca_cert}, client_cert={self.client_cert})"
 
@@ -82,12 +89,6 @@ def from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     """The ClientSecurity the flags of `add_arguments` describe (the token falls back to $RECSTACK_TOKEN);
     inconsistent flags end in `parser.error`."""
     try:
-        return ClientSecurity(
-            tls=args.tls,
-            ca_cert=args.ca_cert,
-            client_cert=args.client_cert,
-            client_key=args.client_key,
-            token=args.token or os.environ.get(TOKEN_ENV, ""),
-        )
+        return ClientSecurity.with_env_token(args.tls, args.ca_cert, args.client_cert, args.client_key, args.token)
     except ValueError as error:
         parser.error(str(error))
