@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
+from grpc_serving import over_grpc
 
 from benchmarks.echo_server import PASSAGE_TEXT, TITLE, EchoGateway, echo_server_process
 from benchmarks.loadgen import LoadConfig, run_load
-from benchmarks.serving import start_server
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
-from recstack.v1 import gateway_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
-
-
-def over_grpc(call: Callable[[pb_grpc.GatewayStub], Awaitable[T]]) -> T:
-    async def scenario() -> T:
-        server, port = await start_server(EchoGateway(max_k=20))
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await call(pb_grpc.GatewayStub(channel))
-        finally:
-            await server.stop(0)
-
-    return asyncio.run(scenario())
+ECHO = EchoGateway(max_k=20)
 
 
 def test_recommend_answers_k_news_items_shaped_like_the_gateways() -> None:
-    response = over_grpc(lambda stub: stub.Recommend(pb.RecommendRequest(user_id="u", k=7), timeout=10))
+    response = over_grpc(ECHO, lambda stub: stub.Recommend(pb.RecommendRequest(user_id="u", k=7), timeout=10))
     assert len(response.items) == 7 and len({item.id for item in response.items}) == 7
     scores = [item.score for item in response.items]
     assert scores == sorted(scores, reverse=True)
@@ -42,7 +27,7 @@ def test_recommend_answers_k_news_items_shaped_like_the_gateways() -> None:
 
 
 def test_search_answers_k_passages_with_their_text() -> None:
-    response = over_grpc(lambda stub: stub.Search(pb.SearchRequest(query="anything", k=3), timeout=10))
+    response = over_grpc(ECHO, lambda stub: stub.Search(pb.SearchRequest(query="anything", k=3), timeout=10))
     assert len(response.passages) == 3
     assert all(p.text == PASSAGE_TEXT and p.doc_id and p.title for p in response.passages)
 
@@ -50,14 +35,14 @@ def test_search_answers_k_passages_with_their_text() -> None:
 @pytest.mark.parametrize("k", [0, 21])
 def test_a_k_out_of_range_is_invalid_argument_naming_k(k: int) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        over_grpc(lambda stub: stub.Search(pb.SearchRequest(query="q", k=k), timeout=10))
+        over_grpc(ECHO, lambda stub: stub.Search(pb.SearchRequest(query="q", k=k), timeout=10))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details().startswith("k:")
 
 
 def test_upserts_are_not_served() -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        over_grpc(lambda stub: stub.UpsertItems(pb.UpsertItemsRequest(), timeout=10))
+        over_grpc(ECHO, lambda stub: stub.UpsertItems(pb.UpsertItemsRequest(), timeout=10))
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_serving import over_grpc
 
 from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.naive_server import (
@@ -79,20 +80,6 @@ def gateway(models: NaiveModels) -> NaiveGateway:
     gateway = NaiveGateway(models)
     gateway.fill_synthetic(ITEMS, seed=SEED)
     return gateway
-
-
-def over_grpc(gateway: NaiveGateway, call: Callable[[pb_grpc.GatewayStub], Awaitable[T]]) -> T:
-    """Serve `gateway` on a free port, run `call(stub)`, stop."""
-
-    async def scenario() -> T:
-        server, port = await start_server(gateway)
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await call(pb_grpc.GatewayStub(channel))
-        finally:
-            await server.stop(0)
-
-    return asyncio.run(scenario())
 
 
 def status_of(gateway: NaiveGateway, call: Callable[[pb_grpc.GatewayStub], Awaitable[object]]) -> grpc.RpcError:
