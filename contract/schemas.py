@@ -19,6 +19,7 @@ ID_MAX_BYTES = 64
 TITLE_MAX_BYTES = 8192
 TEXT_MAX_BYTES = 32768
 CATEGORY_MAX_BYTES = 128
+MAX_RESULT_ROWS = 16384  # Milvus's largest topK, also the most rows one query returns
 
 ScalarType = Literal["VARCHAR", "INT64", "FLOAT"]
 

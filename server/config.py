@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 
 import contract
 from contract import layout
-from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
+from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, MAX_RESULT_ROWS, TEXT_MAX_BYTES, TITLE_MAX_BYTES
 
 
 class Section(BaseModel):
@@ -79,7 +79,7 @@ class MilvusSettings(Section):
     )
     write_batch_rows: int = Field(1000, gt=0, description="Rows per upsert request.")
     read_batch_ids: int = Field(
-        1000, gt=0, le=16384, description="Ids per get/delete request; rows per iterate page (cache warm-up)."
+        1000, gt=0, le=MAX_RESULT_ROWS, description="Ids per get/delete request; rows per iterate page (cache warm-up)."
     )
 
 

@@ -8,11 +8,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from contract.schemas import ID
+from contract.schemas import ID, MAX_RESULT_ROWS
 from server.errors import InvalidArgument
 from server.milvus.expressions import string_literal
-
-MAX_LIMIT = 16384  # Milvus's largest topK, also the most rows one query returns
 
 
 def check_rows(rows: Sequence[Mapping[str, Any]]) -> str | None:
@@ -37,7 +35,7 @@ def unique_ids(ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def check_limit(value: object, argument: str, maximum: int = MAX_LIMIT) -> int:
+def check_limit(value: object, argument: str, maximum: int = MAX_RESULT_ROWS) -> int:
     """An integer in [1, maximum]."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
         raise InvalidArgument(argument, f"must be an integer in [1, {maximum}], got {value!r}")

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from contract.schemas import MAX_RESULT_ROWS
 from server.domain import HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
@@ -118,7 +119,7 @@ class AnnCandidates:
     """Top candidates by inner product with the user vector (ids and scores from Milvus, the rest from
     the catalog view); asks for enough extra to survive ExcludeSeen."""
 
-    def __init__(self, searcher: Searcher, catalog: CatalogView, max_limit: int = 16_384) -> None:
+    def __init__(self, searcher: Searcher, catalog: CatalogView, max_limit: int = MAX_RESULT_ROWS) -> None:
         self.searcher, self.catalog, self.max_limit = searcher, catalog, max_limit
 
     async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
