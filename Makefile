@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup proto data train export up down demo test lint bench bench-ci clean
+.PHONY: help setup proto data train export up down demo test lint fuzz bench bench-ci clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +64,10 @@ demo: setup  ## the whole product on embedded defaults: data, training, export, 
 
 test: setup  ## run the test suite (unit + end-to-end against the real local stack)
 	$(PY) -m pytest
+
+fuzz: setup  ## generated requests to every RPC of a real gateway, long run -> benchmarks/results/fuzz.json
+	RECSTACK_FUZZ_EXAMPLES=$${RECSTACK_FUZZ_EXAMPLES:-1000} RECSTACK_FUZZ_REPORT=benchmarks/results/fuzz.json \
+		$(PY) -m pytest tests/test_fuzz.py -q
 
 lint: setup  ## ruff, and mypy --strict on server/ and contract/
 	$(PY) -m ruff check .

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,15 +86,23 @@ class LocalStack:
         cfg = self.config
         port = cfg.gateway_port or free_port(HOST)
         self.gateway_address = f"{HOST}:{port}"
-        self.gateway = ManagedProcess(
-            name="gateway",
+        self.gateway = self.gateway_process("gateway", port, cfg.logs / "gateway.log")
+        self.gateway.start()
+
+    def gateway_process(
+        self, name: str, port: int, log_path: Path, settings: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
+        """A gateway (not started) on `port` over this stack's Triton, Milvus and LLM; `settings` are extra
+        RECSTACK_* variables, e.g. for a second gateway with other limits or collections beside the main one."""
+        address = f"{HOST}:{port}"
+        return ManagedProcess(
+            name=name,
             argv=[sys.executable, "-m", "server", "--log-format", "json"],
-            log_path=cfg.logs / "gateway.log",
-            ready=lambda: gateway_serving(self.gateway_address),
-            env={**os.environ, **self.gateway_environment(port)},
+            log_path=log_path,
+            ready=lambda: gateway_serving(address),
+            env={**os.environ, **self.gateway_environment(port), **(settings or {})},
             startup_timeout_s=120.0,
         )
-        self.gateway.start()
 
     def gateway_environment(self, port: int) -> dict[str, str]:
         cfg = self.config

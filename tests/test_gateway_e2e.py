@@ -6,8 +6,6 @@ Rankings are compared with the same computation done offline with the PyTorch ch
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 
 import grpc
@@ -22,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from benchmarks.suite import wait_for_cache_warm
 from devstack.local import gateway_serving
-from devstack.process import ManagedProcess, free_port
+from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
 from server.config import GatewaySettings, MilvusSettings, RagSettings
@@ -342,16 +340,9 @@ def test_an_upserted_abstract_is_stored_with_the_news_item(gateway, stack) -> No
 def one_rpc_gateway(stack, tmp_path_factory):
     """A second gateway on the same Triton/Milvus/LLM, configured for one RPC at a time."""
     port = free_port()
-    env = {**os.environ, **stack.gateway_environment(port), "RECSTACK_GATEWAY__MAX_CONCURRENT_RPCS": "1"}
-    address = f"127.0.0.1:{port}"
-    process = ManagedProcess(
-        name="gateway-limited",
-        argv=[sys.executable, "-m", "server"],
-        log_path=tmp_path_factory.mktemp("limited") / "gateway.log",
-        ready=lambda: gateway_serving(address),
-        env=env,
-    )
-    with process, grpc.insecure_channel(address) as channel:
+    log = tmp_path_factory.mktemp("limited") / "gateway.log"
+    process = stack.gateway_process("gateway-limited", port, log, {"RECSTACK_GATEWAY__MAX_CONCURRENT_RPCS": "1"})
+    with process, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield gateway_pb2_grpc.GatewayStub(channel)
 
 
