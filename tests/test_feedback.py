@@ -36,9 +36,11 @@ from server.feedback import (
 from server.pipeline.common import Item
 from server.pipeline.recommend import Recommendation
 from server.requests import RequestValidator
+from tests.conftest import tiny_nrms_run
+from training.data.build import DatasetPaths
 from training.data.feedback import load_feedback_log, split_feedback_log, write_feedback_dataset
 from training.data.mind import load_mind_split
-from training.train_nrms import load_mind
+from training.train_nrms import load_mind, train_nrms
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = date(2026, 11, 30)
@@ -306,3 +308,18 @@ async def test_every_acknowledged_event_survives_a_sigkill_of_the_gateway(tmp_pa
     logged = load_feedback_log(tmp_path).impressions  # loads: no torn or repeated line reached the reader
     assert set(acknowledged) <= {imp.impression_id for imp in logged}
     assert all(imp.labels == (1, 0) for imp in logged)
+
+
+@pytest.mark.slow
+def test_nrms_trains_on_a_feedback_log(tiny_data: DatasetPaths, tmp_path: Path) -> None:
+    """The tiny MIND set's train impressions, replayed through the log writer, train NRMS as data_dir."""
+    split = load_mind_split(tiny_data.mind / "train")
+    log = FeedbackLog(tmp_path, today=lambda: DAY)
+    for imp in split.impressions:
+        clicked = frozenset(c for c, label in zip(imp.candidates, imp.labels or (), strict=True) if label)
+        ids = (*imp.history, *imp.candidates)
+        rows = tuple(NewsRow(i, split.news[i].title, split.news[i].category) for i in ids)
+        when = int(imp.time.replace(tzinfo=UTC).timestamp())
+        log.append([LoggedImpression(imp.impression_id, imp.user_id, when, imp.history, imp.candidates, clicked, rows)])
+    checkpoint = train_nrms(tiny_nrms_run(tiny_data, f"data_dir={tmp_path}", "train.epochs=1"))
+    assert 0.0 < checkpoint.best_metrics["auc"] <= 1.0
