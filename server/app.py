@@ -148,7 +148,6 @@ class GatewayApp:
             answer_timeout_s=s.llm.timeout_s,
             admission=Admission.from_settings(s.gateway.admission),
             feedback=FeedbackRecorder.from_settings(s.feedback),
-            max_feedback_events=s.feedback.max_events,
         )
 
     async def _wait_for_dependencies(self) -> None:

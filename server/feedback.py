@@ -251,14 +251,16 @@ def drop_torn_tail(path: Path, chunk: int = 65_536) -> None:
 class FeedbackRecorder:
     """Remembers Recommend answers and writes their feedback (see the module docstring)."""
 
-    def __init__(self, table: ImpressionTable, log: FeedbackLog, clock: Callable[[], float] = time.time) -> None:
-        self.table, self.log, self.clock = table, log, clock
+    def __init__(
+        self, table: ImpressionTable, log: FeedbackLog, max_events: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        """`max_events`: the most events one LogFeedback call may carry."""
+        self.table, self.log, self.max_events, self.clock = table, log, max_events, clock
 
     @classmethod
     def from_settings(cls, settings: FeedbackSettings) -> FeedbackRecorder:
-        return cls(
-            ImpressionTable(settings.max_pending_impressions, settings.impression_ttl_s), FeedbackLog(settings.log_dir)
-        )
+        table = ImpressionTable(settings.max_pending_impressions, settings.impression_ttl_s)
+        return cls(table, FeedbackLog(settings.log_dir), settings.max_events)
 
     def remember(self, query: RecommendQuery, result: Recommendation, model_version: str) -> str:
         """The impression id of `result` ("" when nothing was shown: there is nothing to give feedback on)."""

@@ -39,7 +39,6 @@ class GatewayService(pb_grpc.GatewayServicer):
         answer_timeout_s: float,
         admission: Admission | None = None,
         feedback: FeedbackRecorder | None = None,
-        max_feedback_events: int = 1000,
     ) -> None:
         """`admission`: the limits Recommend and Search are admitted under (none when not given). `feedback`:
         where Recommend answers are remembered and LogFeedback writes (none: Recommend gives no impression id
@@ -48,7 +47,7 @@ class GatewayService(pb_grpc.GatewayServicer):
         self.answerer, self.rag = answerer, rag
         self.request_timeout_s, self.answer_timeout_s = request_timeout_s, answer_timeout_s
         self.admission = admission if admission is not None else Admission({})
-        self.feedback, self.max_feedback_events = feedback, max_feedback_events
+        self.feedback = feedback
 
     @staticmethod
     def context(grpc_context: grpc.aio.ServicerContext, cap_s: float) -> RequestContext:
@@ -113,9 +112,9 @@ class GatewayService(pb_grpc.GatewayServicer):
     async def LogFeedback(
         self, request: pb.LogFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.LogFeedbackResponse:
-        events = self.validator.feedback(request, self.max_feedback_events)
         if self.feedback is None:
             raise DependencyUnavailable("feedback_log", "this gateway records no feedback")
+        events = self.validator.feedback(request, self.feedback.max_events)
         impressions, clicks = await self.feedback.record(events)
         return pb.LogFeedbackResponse(impressions_logged=impressions, clicks_logged=clicks)
 

@@ -55,7 +55,6 @@ def feedback_service(log_dir: Path, **settings: float) -> GatewayService:
         personal(AnnCandidates(NewsIndex(), catalog)),
         [],
     )
-    feedback = FeedbackSettings(log_dir=log_dir, **settings)
     return GatewayService(
         RequestValidator(GatewaySettings()),
         recommender,
@@ -65,8 +64,7 @@ def feedback_service(log_dir: Path, **settings: float) -> GatewayService:
         rag=RagSettings(),
         request_timeout_s=10.0,
         answer_timeout_s=10.0,
-        feedback=FeedbackRecorder.from_settings(feedback),
-        max_feedback_events=feedback.max_events,
+        feedback=FeedbackRecorder.from_settings(FeedbackSettings(log_dir=log_dir, **settings)),
     )
 
 

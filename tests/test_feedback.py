@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 from feedback_fixtures import serving
-from gateway_fixtures import sample
+from gateway_fixtures import gateway, sample
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recstack.v1 import gateway_pb2 as pb
@@ -323,3 +323,19 @@ def test_nrms_trains_on_a_feedback_log(tiny_data: DatasetPaths, tmp_path: Path) 
         log.append([LoggedImpression(imp.impression_id, imp.user_id, when, imp.history, imp.candidates, clicked, rows)])
     checkpoint = train_nrms(tiny_nrms_run(tiny_data, f"data_dir={tmp_path}", "train.epochs=1"))
     assert 0.0 < checkpoint.best_metrics["auc"] <= 1.0
+
+
+@pytest.mark.anyio
+async def test_log_feedback_enforces_the_events_setting_and_needs_a_feedback_log(tmp_path: Path) -> None:
+    two_events = pb.LogFeedbackRequest(events=[pb.FeedbackEvent(impression_id=i) for i in ("x", "y")])
+    async with serving(tmp_path, max_events=1) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await gateway_pb2_grpc.GatewayStub(channel).LogFeedback(two_events)
+        assert (error.value.code(), error.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "events: need 1 to 1 events per call, got 2",
+        )
+    async with gateway() as without_log:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await without_log.stub.LogFeedback(two_events)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
