@@ -194,9 +194,7 @@ class FeedbackLog:
     def _open(self, day: Path) -> Path:
         """Make `day` the current folder: create it, cut torn tails, learn which news it holds."""
         if day != self._day:
-            if not day.exists():
-                day.mkdir(parents=True)
-                self._sync_directory(day.parent)
+            self._create_directories(day)
             for name in (NEWS_FILE, BEHAVIORS_FILE):
                 drop_torn_tail(day / name)
             news = day / NEWS_FILE
@@ -204,6 +202,13 @@ class FeedbackLog:
             self._news_ids = {line.split("\t", 1)[0] for line in lines if line}
             self._day = day
         return day
+
+    def _create_directories(self, directory: Path) -> None:
+        """Create `directory` and its missing parents, each name made durable in its parent."""
+        missing = [path for path in (directory, *directory.parents) if not path.exists()]
+        for path in reversed(missing):
+            path.mkdir(exist_ok=True)
+            self._sync_directory(path.parent)
 
     def _append(self, path: Path, lines: Sequence[str]) -> None:
         if not lines:

@@ -70,9 +70,9 @@ def test_mind_time_is_minds_format_in_utc() -> None:
 
 def test_the_log_writes_minds_lines_and_syncs_each_file_before_returning(tmp_path: Path) -> None:
     fsync = RecordingFsync()
-    log = FeedbackLog(tmp_path, today=lambda: DAY, fsync=fsync)
+    log = FeedbackLog(tmp_path / "log", today=lambda: DAY, fsync=fsync)
     log.append([impression("i1", ("N1", "N2"), clicked=("N2",)), impression("i2", ("N2", "N3"))])
-    day = tmp_path / "2026-11-30"
+    day = tmp_path / "log" / "2026-11-30"
     assert (day / BEHAVIORS_FILE).read_text().splitlines() == [
         "i1\tU1\t11/30/2026 12:05:09 PM\tH1\tN1-0 N2-1",
         "i2\tU1\t11/30/2026 12:05:09 PM\tH1\tN2-0 N3-0",
@@ -80,7 +80,7 @@ def test_the_log_writes_minds_lines_and_syncs_each_file_before_returning(tmp_pat
     assert [line.split("\t")[0] for line in (day / NEWS_FILE).read_text().splitlines()] == ["H1", "N1", "N2", "N3"]
     for name in (BEHAVIORS_FILE, NEWS_FILE):  # synced with all of its content
         assert fsync.synced[str(day / name)] == (day / name).stat().st_size
-    assert str(day) in fsync.synced and str(tmp_path) in fsync.synced  # new names are durable too
+    assert {str(tmp_path), str(tmp_path / "log"), str(day)} <= set(fsync.synced)  # new names are durable too
 
 
 def test_the_log_rotates_by_utc_day_and_writes_each_news_id_once_per_day(tmp_path: Path) -> None:
