@@ -205,7 +205,10 @@ class FeedbackSettings(Section):
 
     log_dir: Path = Field(layout.FEEDBACK, description="The feedback log: one MIND split directory per UTC day.")
     max_pending_impressions: int = Field(
-        100_000, gt=0, description="Most served answers remembered for feedback; the oldest are forgotten first."
+        100_000,
+        gt=0,
+        description="Most served answers remembered for feedback; the oldest are forgotten first. Each takes about "
+        "1 KB (k=10, 10 history items) to 4 KB (50 history items) of gateway memory.",
     )
     impression_ttl_s: float = Field(3600.0, gt=0, description="How long a served answer waits for its feedback.")
     max_events: int = Field(1000, gt=0, description="Most events in one LogFeedback call.")
