@@ -22,7 +22,9 @@ RUN python -m grpc_tools.protoc -Iproto --python_out=proto --pyi_out=proto --grp
  && pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 recstack
+# The feedback log's directory (configs/production.yaml), owned by the gateway's user so a fresh named volume is too.
+RUN useradd --create-home --uid 10001 recstack \
+ && install -d -o recstack /var/lib/recstack/feedback
 COPY --from=build /usr/local /usr/local
 WORKDIR /app
 COPY configs/production.yaml /app/configs/production.yaml

@@ -10,6 +10,7 @@ another root on their command line; these are the defaults.
       serving/onnx, serving/tokenizers/<field>.json, serving/triton-<profile>/   (`python -m export models`)
       stack/                         the local stack's state and logs (`python -m devstack up`)
       logs/                          logs of servers started by hand
+      feedback/<YYYY-MM-DD>/         the gateway's feedback log: MIND behaviors.tsv + news.tsv per UTC day
       bench/, bench-ci/              benchmark state and the CI benchmark's own models
 """
 
@@ -29,6 +30,7 @@ TRAINING_REPORT = REPORTS / "training.json"
 EXPORT_REPORT = REPORTS / "export.json"
 STACK = ARTIFACTS / "stack"
 LOGS = ARTIFACTS / "logs"
+FEEDBACK = ARTIFACTS / "feedback"
 BENCH = ARTIFACTS / "bench"
 BENCH_CI = ARTIFACTS / "bench-ci"
 

@@ -27,6 +27,7 @@ from server.auth import interceptors
 from server.batching import BatchedEncoders, BatchedSearch
 from server.config import Settings, load_settings
 from server.errors import DependencyUnavailable
+from server.feedback import FeedbackRecorder
 from server.health import HealthMonitor
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
@@ -146,6 +147,7 @@ class GatewayApp:
             request_timeout_s=s.gateway.request_timeout_s,
             answer_timeout_s=s.llm.timeout_s,
             admission=Admission.from_settings(s.gateway.admission),
+            feedback=FeedbackRecorder.from_settings(s.feedback),
         )
 
     async def _wait_for_dependencies(self) -> None:

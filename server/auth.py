@@ -5,7 +5,10 @@ A call carries `authorization: Bearer <token>`. Tokens are stored as their SHA-2
 plain hash cannot be brute-forced and a slow KDF would only add per-call cost. Per call the gateway
 hashes the presented token once, looks its first bytes up in a dict and compares the whole digest with
 `hmac.compare_digest`. Missing or unknown token: UNAUTHENTICATED; a token without the method's scope:
-PERMISSION_DENIED; `security.open_services` (health, reflection) need none. Tokens are never logged:
+PERMISSION_DENIED; `security.open_services` (health, reflection) need none. Scopes: `read` (Recommend,
+Search, Answer), `write` (UpsertItems, DeleteItems) and `feedback` (LogFeedback): feedback is not `read`,
+because what LogFeedback writes becomes training data, and not `write`, because the serving frontends
+that report impressions and clicks must not be able to change the catalog. Tokens are never logged:
 rejections log the method and, when known, the token's name.
 """
 
@@ -41,6 +44,7 @@ METHOD_SCOPES: Mapping[str, Scope] = {
         Answer="read",
         UpsertItems="write",
         DeleteItems="write",
+        LogFeedback="feedback",
     ).items()
 }
 BEARER = "bearer "
@@ -170,10 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m server token NAME [SCOPE ...]`: print a new token and its settings entry."""
     parser = argparse.ArgumentParser(prog="python -m server token", description=main.__doc__)
     parser.add_argument("name", help="who the token is for (logged instead of the token)")
-    parser.add_argument("scopes", nargs="*", help="read and/or write (default: read)")
+    parser.add_argument("scopes", nargs="*", help="read, write and/or feedback (default: read)")
     args = parser.parse_args(argv)
     if unknown := set(args.scopes) - set(get_args(Scope)):
-        parser.error(f"unknown scopes {sorted(unknown)}: use read and/or write")
+        parser.error(f"unknown scopes {sorted(unknown)}: use read, write and/or feedback")
     token, digest = mint_token()
     entry = {"name": args.name, "sha256": digest, "scopes": sorted(set(args.scopes or ["read"]))}
     print(f"token (give it to clients as RECSTACK_TOKEN; shown only now):\n{token}\n")

@@ -3,6 +3,7 @@
 recstack recommend --history N1,N2,N3 -k 10 [--category sports] [--diversity 0.3]
 recstack search "brexit negotiations" -k 5
 recstack ask "who won the election?"
+recstack feedback <impression id from recommend> --click N2   (shown, N2 clicked; no --click: nothing clicked)
 recstack health
 Behind TLS and tokens: recstack --tls --ca-cert ca.pem search "…" (token from $RECSTACK_TOKEN or --token).
 """
@@ -68,6 +69,14 @@ def cmd_recommend(stub: pb_grpc.GatewayStub, args: argparse.Namespace) -> None:
         table.add_row(str(rank), f"{item.score:.3f}", f"[green]{item.category}", item.title, f"[dim]{item.id}")
     console.print(table)
     console.print(timings_table(response.timings, total_ms))
+    if response.impression_id:
+        console.print(f"impression [cyan]{response.impression_id}[/cyan] (recstack feedback … --click ID)")
+
+
+def cmd_feedback(stub: pb_grpc.GatewayStub, args: argparse.Namespace) -> None:
+    event = pb.FeedbackEvent(impression_id=args.impression_id, clicked_item_ids=args.click or [])
+    response = stub.LogFeedback(pb.LogFeedbackRequest(events=[event]), timeout=args.timeout)
+    console.print(f"logged {response.impressions_logged} impression(s), {response.clicks_logged} click(s)")
 
 
 def cmd_search(stub: pb_grpc.GatewayStub, args: argparse.Namespace) -> None:
@@ -177,8 +186,14 @@ def parser() -> argparse.ArgumentParser:
         help=f"sampling temperature, 0 = greedy (default: the server's, {llm_defaults.default_temperature} "
         "unless configured)",
     )
+    feedback = commands.add_parser("feedback", help="log what the user did with a recommend answer")
+    feedback.add_argument("impression_id", help="the impression id recommend printed")
+    feedback.add_argument("--click", action="append", help="a clicked item id among those shown (repeatable)")
     commands.add_parser("health", help="the gateway's health per service")
     return root
+
+
+STUB_COMMANDS = {"recommend": cmd_recommend, "search": cmd_search, "ask": cmd_ask, "feedback": cmd_feedback}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "health":
                 cmd_health(gateway_channel, args)
             else:
-                handler = {"recommend": cmd_recommend, "search": cmd_search, "ask": cmd_ask}[args.command]
-                handler(pb_grpc.GatewayStub(gateway_channel), args)
+                STUB_COMMANDS[args.command](pb_grpc.GatewayStub(gateway_channel), args)
         except grpc.RpcError as error:
             console.print(f"[red]{error.code().name}[/red]: {error.details()}")
             return 1

@@ -198,7 +198,23 @@ class RagSettings(Section):
         return self
 
 
-Scope = Literal["read", "write"]
+# read: Recommend/Search/Answer; write: UpsertItems/DeleteItems; feedback: LogFeedback (its own scope: what it
+# writes becomes training data, so a token that may only read answers must not be able to write it).
+class FeedbackSettings(Section):
+    """Feedback events: what Recommend served is remembered in memory, LogFeedback writes it (see `server.feedback`)."""
+
+    log_dir: Path = Field(layout.FEEDBACK, description="The feedback log: one MIND split directory per UTC day.")
+    max_pending_impressions: int = Field(
+        100_000,
+        gt=0,
+        description="Most served answers remembered for feedback; the oldest are forgotten first. Each takes about "
+        "1.7 KB (k=10, 10 history items) to 4.2 KB (50 history items) of gateway memory.",
+    )
+    impression_ttl_s: float = Field(3600.0, gt=0, description="How long a served answer waits for its feedback.")
+    max_events: int = Field(1000, gt=0, description="Most events in one LogFeedback call.")
+
+
+Scope = Literal["read", "write", "feedback"]
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -207,7 +223,9 @@ class TokenSpec(Section):
 
     name: str = Field(min_length=1, description="Who holds it; logged instead of the token.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex SHA-256 of the token.")
-    scopes: frozenset[Scope] = Field(min_length=1, description="read: Recommend/Search/Answer; write: Upsert/Delete.")
+    scopes: frozenset[Scope] = Field(
+        min_length=1, description="read: Recommend/Search/Answer; write: Upsert/Delete; feedback: LogFeedback."
+    )
 
 
 class SecuritySettings(Section):
@@ -263,6 +281,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     recommend: RecommendSettings = RecommendSettings()
     rag: RagSettings = RagSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     security: SecuritySettings = SecuritySettings()
 
     @classmethod

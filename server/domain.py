@@ -85,3 +85,12 @@ class PassageRecord:
     category: str
     doc_id: str
     published: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackEvent:
+    """What the user did with one served answer: the items clicked (may be none) and when it was shown."""
+
+    impression_id: str
+    clicked: tuple[str, ...]
+    shown_at: int | None  # unix seconds; None: when the gateway served it

@@ -17,7 +17,13 @@ Metric names:
 - `recstack_admission_rejected_total{method, reason}`: requests rejected with RESOURCE_EXHAUSTED before any
   work, because the method's concurrency limit was reached (`limit`) or the caller's deadline was shorter
   than the recent latency (`deadline`); `recstack_admission_limit{method}`: the current adaptive limit
-  (see `server.admission`).
+  (see `server.admission`);
+- `recstack_feedback_impressions_total{version}`, `recstack_feedback_clicks_total{version}`: impressions and clicks
+  written durably to the feedback log, by the model version that served them;
+  `recstack_feedback_forgotten_total{reason}`: served answers dropped from memory before their feedback came
+  (`expired` after `feedback.impression_ttl_s`, `capacity` beyond `feedback.max_pending_impressions`);
+  `recstack_feedback_left_out_ids_total`: shown or history ids not written because MIND's format cannot hold them
+  (they contain `-`, its label separator; see `server.feedback`).
 """
 
 from __future__ import annotations
@@ -51,6 +57,16 @@ CACHE_WARMUP_VECTORS = Gauge(CACHE_WARMUP_VECTORS_METRIC, "News vectors in gatew
 CACHE_WARMUP_SECONDS = Gauge(CACHE_WARMUP_SECONDS_METRIC, "How long the item cache warm-up took.")
 BATCH_SIZE = Histogram(
     "recstack_coalesced_calls", "Calls merged into one downstream request.", ["call"], buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+FEEDBACK_IMPRESSIONS = Counter(
+    "recstack_feedback_impressions_total", "Impressions written to the feedback log.", ["version"]
+)
+FEEDBACK_CLICKS = Counter("recstack_feedback_clicks_total", "Clicks written to the feedback log.", ["version"])
+FEEDBACK_FORGOTTEN = Counter(
+    "recstack_feedback_forgotten_total", "Served answers forgotten before their feedback came.", ["reason"]
+)
+FEEDBACK_LEFT_OUT = Counter(
+    "recstack_feedback_left_out_ids_total", "Shown or history ids the feedback log's format cannot hold."
 )
 DEPENDENCY_CALLS = Counter(
     "recstack_dependency_calls_total",

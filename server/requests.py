@@ -13,6 +13,7 @@ from recstack.v1 import gateway_pb2 as pb
 from server.config import GatewaySettings, RagSettings
 from server.domain import (
     AnswerQuery,
+    FeedbackEvent,
     Filters,
     HistoryEntry,
     NewsRecord,
@@ -93,6 +94,21 @@ class RequestValidator:
         news = [self._id(v, f"news_ids[{i}]") for i, v in enumerate(request.news_ids)]
         passages = [self._id(v, f"passage_ids[{i}]") for i, v in enumerate(request.passage_ids)]
         return news, passages
+
+    def feedback(self, request: pb.LogFeedbackRequest, max_events: int) -> list[FeedbackEvent]:
+        """The events' shapes; whether the ids were served is checked against what was (`server.feedback`)."""
+        if not 1 <= len(request.events) <= max_events:
+            raise InvalidArgument("events", f"need 1 to {max_events} events per call, got {len(request.events)}")
+        return [self._feedback_event(event, f"events[{i}]") for i, event in enumerate(request.events)]
+
+    def _feedback_event(self, event: pb.FeedbackEvent, field: str) -> FeedbackEvent:
+        clicked = [self._id(v, f"{field}.clicked_item_ids[{i}]") for i, v in enumerate(event.clicked_item_ids)]
+        self._unique(clicked, f"{field}.clicked_item_ids", suffix="")
+        return FeedbackEvent(
+            impression_id=self._id(event.impression_id, f"{field}.impression_id"),
+            clicked=tuple(clicked),
+            shown_at=self._time(event.shown_at, f"{field}.shown_at") if event.HasField("shown_at") else None,
+        )
 
     def _news(self, item: pb.NewsItem, field: str) -> NewsRecord:
         if not math.isfinite(item.popularity) or item.popularity < 0:
@@ -194,9 +210,9 @@ class RequestValidator:
         return value.seconds
 
     @staticmethod
-    def _unique(ids: list[str], field: str) -> None:
+    def _unique(ids: list[str], field: str, suffix: str = ".id") -> None:
         seen: set[str] = set()
         for i, item_id in enumerate(ids):
             if item_id in seen:
-                raise InvalidArgument(f"{field}[{i}].id", f"duplicate id {item_id!r} in one request")
+                raise InvalidArgument(f"{field}[{i}]{suffix}", f"duplicate id {item_id!r} in one request")
             seen.add(item_id)

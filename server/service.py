@@ -15,6 +15,8 @@ from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.admission import Admission
 from server.config import RagSettings
+from server.errors import DependencyUnavailable
+from server.feedback import UNVERSIONED_MODEL, FeedbackRecorder
 from server.pipeline.answer import Answerer, Done, Sources, Token
 from server.pipeline.common import Item, RequestContext
 from server.pipeline.ingest import Ingest
@@ -36,12 +38,16 @@ class GatewayService(pb_grpc.GatewayServicer):
         request_timeout_s: float,
         answer_timeout_s: float,
         admission: Admission | None = None,
+        feedback: FeedbackRecorder | None = None,
     ) -> None:
-        """`admission`: the limits Recommend and Search are admitted under (none when not given)."""
+        """`admission`: the limits Recommend and Search are admitted under (none when not given). `feedback`:
+        where Recommend answers are remembered and LogFeedback writes (none: Recommend gives no impression id
+        and LogFeedback is UNAVAILABLE)."""
         self.validator, self.recommender, self.search, self.ingest = validator, recommender, search, ingest
         self.answerer, self.rag = answerer, rag
         self.request_timeout_s, self.answer_timeout_s = request_timeout_s, answer_timeout_s
         self.admission = admission if admission is not None else Admission({})
+        self.feedback = feedback
 
     @staticmethod
     def context(grpc_context: grpc.aio.ServicerContext, cap_s: float) -> RequestContext:
@@ -55,11 +61,13 @@ class GatewayService(pb_grpc.GatewayServicer):
         async with self.admission.permit("Recommend", context):
             ctx = self.context(context, self.request_timeout_s)
             result = await self.recommender(query, ctx)
+        impression_id = self.feedback.remember(query, result, UNVERSIONED_MODEL) if self.feedback else ""
         return pb.RecommendResponse(
             items=[news_result(item) for item in result.items],
             cold_start=result.cold_start,
             history_used=result.history_used,
             timings=stage_timings(ctx),
+            impression_id=impression_id,
         )
 
     @unary("Search")
@@ -99,6 +107,16 @@ class GatewayService(pb_grpc.GatewayServicer):
             news_ids, passage_ids, self.context(context, self.request_timeout_s)
         )
         return pb.DeleteItemsResponse(news_deleted=news_deleted, passages_deleted=passages_deleted)
+
+    @unary("LogFeedback")
+    async def LogFeedback(
+        self, request: pb.LogFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogFeedbackResponse:
+        if self.feedback is None:
+            raise DependencyUnavailable("feedback_log", "this gateway records no feedback")
+        events = self.validator.feedback(request, self.feedback.max_events)
+        impressions, clicks = await self.feedback.record(events)
+        return pb.LogFeedbackResponse(impressions_logged=impressions, clicks_logged=clicks)
 
 
 FINISH_REASONS = {

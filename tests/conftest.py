@@ -106,6 +106,9 @@ def tiny_serving(tiny_checkpoints: dict[str, Path], tmp_path_factory: pytest.Tem
     return layout
 
 
+FEEDBACK_DIR = "feedback"  # the stack gateway's feedback log, inside the stack's state directory
+
+
 @pytest.fixture(scope="session")
 def stack(tiny_serving, tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPathFactory):
     """The real local stack (Milvus, Triton, the LLM server, the gateway) with the tiny catalog indexed.
@@ -115,13 +118,17 @@ def stack(tiny_serving, tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPa
     from devstack.local import LocalStack, StackConfig
     from export.catalog import index_catalog
 
+    state_dir = tmp_path_factory.mktemp("stack")
     config = StackConfig(
         triton_repo=tiny_serving.repository("cpu"),
         tokenizer_dir=tiny_serving.tokenizers,
-        state_dir=tmp_path_factory.mktemp("stack"),
+        state_dir=state_dir,
         gateway_port=0,
         metrics_port=0,
-        gateway_env={"RECSTACK_RAG__MIN_SCORE": "-1"},  # tiny random models: every passage "relevant"
+        gateway_env={
+            "RECSTACK_RAG__MIN_SCORE": "-1",  # tiny random models: every passage "relevant"
+            "RECSTACK_FEEDBACK__LOG_DIR": str(state_dir / FEEDBACK_DIR),  # not the repository's artifacts/
+        },
     )
     with LocalStack(config) as running:
         index_catalog(running.gateway_address, tiny_data.root, batch=128)

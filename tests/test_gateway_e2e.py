@@ -29,8 +29,10 @@ from server.milvus import MilvusStore
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
+from tests.conftest import FEEDBACK_DIR
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
+from training.data.feedback import load_feedback_log
 from training.data.mind import load_mind_split
 from training.data.types import NewsArticle
 from training.text import TokenTable, encode_table, text_tokenizer
@@ -87,7 +89,7 @@ def test_reflection_lists_the_gateway(stack) -> None:
         database = ProtoReflectionDescriptorDatabase(channel)
         assert "recstack.v1.Gateway" in database.get_services()
         methods = {m.name for m in database.FindFileContainingSymbol("recstack.v1.Gateway").service[0].method}
-        assert {"Recommend", "Search", "Answer", "UpsertItems", "DeleteItems"} <= methods
+        assert {"Recommend", "Search", "Answer", "UpsertItems", "DeleteItems", "LogFeedback"} <= methods
 
 
 def test_recommend_equals_the_offline_pytorch_ranking(gateway, offline) -> None:
@@ -101,6 +103,22 @@ def test_recommend_equals_the_offline_pytorch_ranking(gateway, offline) -> None:
     assert_same_ranking(response.items, top_k(ids, vectors @ user, 10, exclude=set(history)))
     stages = [t.stage for t in response.timings]
     assert {"triton.user_encoder", "milvus.search"} <= set(stages)
+
+
+def test_clicks_on_a_recommendation_are_logged_as_mind_data(stack, gateway, catalog, offline) -> None:
+    ids = offline[0]
+    answer = gateway.Recommend(
+        pb.RecommendRequest(user_id="u7", history=[pb.HistoryItem(id=h) for h in ids[:3]], k=5), timeout=10
+    )
+    clicked = answer.items[2].id
+    event = pb.FeedbackEvent(impression_id=answer.impression_id, clicked_item_ids=[clicked])
+    logged = gateway.LogFeedback(pb.LogFeedbackRequest(events=[event]), timeout=10)
+    assert (logged.impressions_logged, logged.clicks_logged) == (1, 1)
+    split = load_feedback_log(stack.config.state_dir / FEEDBACK_DIR)
+    line = next(imp for imp in split.impressions if imp.impression_id == answer.impression_id)
+    assert (line.user_id, line.history, line.candidates) == ("u7", tuple(ids[:3]), tuple(i.id for i in answer.items))
+    assert line.labels == tuple(int(i.id == clicked) for i in answer.items)
+    assert all(split.news[i].title == catalog[i].title for i in (*ids[:3], clicked))
 
 
 def test_seen_items_come_back_only_when_asked(gateway, offline) -> None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from training.checkpoint import Checkpoint
 from training.config import NRMSRunConfig
+from training.data.feedback import is_feedback_log, split_feedback_log
 from training.data.mind import load_mind_split
 from training.data.types import Impression, MindSplit
 from training.loop import fit, seed_everything
@@ -138,6 +139,9 @@ def score_impressions(
 
 
 def load_mind(data_dir: Path) -> tuple[MindSplit, MindSplit]:
+    """`data_dir`'s train and dev folders; a gateway feedback log is split by time instead."""
+    if is_feedback_log(data_dir):
+        return split_feedback_log(data_dir)
     return load_mind_split(Path(data_dir) / "train"), load_mind_split(Path(data_dir) / "dev")
 
 

@@ -16,7 +16,7 @@ and another for users without (`[ColdStart]`); each stage is usable and testable
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +37,7 @@ MMR_POOL_FACTOR = 4  # MMR picks k of this many times k candidates
 class History:
     vectors: NDArray[np.float32]  # [H, D], oldest first
     seen: set[str]  # every id the request named, used or not
+    used: list[Item] = field(default_factory=list)  # the entries behind `vectors` that have an id (no score)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,19 @@ class HistoryVectors:
             for i, vector in zip(untitled, encoded, strict=True):
                 vectors[i] = vector
         used = [v for v in vectors if v is not None]
-        return History(np.stack(used) if used else np.zeros((0, 0), np.float32), seen)
+        used_entries = [e for e, v in zip(recent, vectors, strict=True) if v is not None and e.item_id]
+        return History(
+            np.stack(used) if used else np.zeros((0, 0), np.float32),
+            seen,
+            [self._described(e, known.get(e.item_id)) for e in used_entries],
+        )
+
+    @staticmethod
+    def _described(entry: HistoryEntry, known: CachedNews | None) -> Item:
+        """A used history entry as an item, described by the catalog, else by the request's title."""
+        if known is None:
+            return Item(entry.item_id, 0.0, entry.title)
+        return Item(entry.item_id, 0.0, known.title, known.category, known.published)
 
 
 class UserVector:
@@ -248,6 +261,7 @@ class Recommendation:
     items: list[Item]
     cold_start: bool
     history_used: int
+    history: list[Item] = field(default_factory=list)  # the used history entries that have an id, oldest first
 
 
 class Recommender:
@@ -272,4 +286,4 @@ class Recommender:
             return Recommendation(items, cold_start=True, history_used=0)
         state = RecommendState(query, exclude, await self.user(history.vectors, ctx))
         items = await run_stages(self.personal, [], state, ctx)
-        return Recommendation(items, cold_start=False, history_used=used)
+        return Recommendation(items, cold_start=False, history_used=used, history=history.used)
