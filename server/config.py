@@ -198,6 +198,20 @@ class RagSettings(Section):
         return self
 
 
+class RolloutSettings(Section):
+    """Model versions (see `server.versions`): which version a user is served, and how the gateway follows
+    the rollout command's Milvus aliases."""
+
+    candidate: int | None = Field(
+        None, ge=1, description="Triton version of the NRMS encoders under A/B test (news vectors in news_v<V>)."
+    )
+    fraction: float = Field(0.0, ge=0, le=1, description="Share of users (by a stable hash of user_id) served it.")
+    base_version: int = Field(
+        1, ge=1, description="Triton version whose news encoder wrote the unversioned news collection's vectors."
+    )
+    refresh_s: float = Field(1.0, gt=0, description="How often the gateway re-reads the serving aliases.")
+
+
 Scope = Literal["read", "write"]
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
@@ -264,6 +278,7 @@ class Settings(BaseSettings):
     recommend: RecommendSettings = RecommendSettings()
     rag: RagSettings = RagSettings()
     security: SecuritySettings = SecuritySettings()
+    rollout: RolloutSettings = RolloutSettings()
 
     @classmethod
     def settings_customise_sources(

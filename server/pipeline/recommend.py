@@ -248,6 +248,7 @@ class Recommendation:
     items: list[Item]
     cold_start: bool
     history_used: int
+    model_version: str = ""  # the version that served it (see server.versions)
 
 
 class Recommender:
