@@ -84,32 +84,36 @@ class Serving:
     written: tuple[ModelVersion, ...]
 
 
+def resolve(aliases: dict[str, str], base: str, rollout: RolloutSettings) -> Serving:
+    """The serving state of news collection `base` for `aliases` (alias -> collection)."""
+    slots = {
+        slot: version_of(aliases[alias(base, slot)], base, rollout) for slot in SLOTS if alias(base, slot) in aliases
+    }
+    control = slots.get(CONTROL, ModelVersion(base, UNVERSIONED))
+    candidate = None
+    if rollout.candidate is not None:
+        candidate = ModelVersion(collection(base, rollout.candidate), str(rollout.candidate))
+    written = [control, *(slots[s] for s in (PREVIOUS, STAGING) if s in slots), *([candidate] if candidate else [])]
+    return Serving(control, candidate, tuple(dict.fromkeys(written)))
+
+
+def version_of(name: str, base: str, rollout: RolloutSettings) -> ModelVersion:
+    """The version stored in collection `name` (the unversioned `base` holds `rollout.base_version`'s)."""
+    match = re.fullmatch(rf"{re.escape(base)}_v([1-9][0-9]*)", name)
+    return ModelVersion(name, match.group(1) if match else str(rollout.base_version))
+
+
+def is_news(name: str, base: str) -> bool:
+    """Whether collection `name` is `base` or one of its versions."""
+    return name == base or re.fullmatch(rf"{re.escape(base)}_v[1-9][0-9]*", name) is not None
+
+
 class ServingVersions:
     """The current `Serving`, re-read from Milvus's aliases every `rollout.refresh_s`."""
 
     def __init__(self, store: MilvusStore, milvus: MilvusSettings, rollout: RolloutSettings) -> None:
         self.store, self.base, self.rollout = store, milvus.news_collection, rollout
-        self._versioned = re.compile(rf"{re.escape(self.base)}_v([1-9][0-9]*)")
-        self.current = self.resolve({})
-
-    def resolve(self, aliases: dict[str, str]) -> Serving:
-        """The serving state for `aliases` (alias -> collection)."""
-        slots = {
-            slot: self.version_of(aliases[alias(self.base, slot)])
-            for slot in SLOTS
-            if alias(self.base, slot) in aliases
-        }
-        control = slots.get(CONTROL, ModelVersion(self.base, UNVERSIONED))
-        candidate = None
-        if self.rollout.candidate is not None:
-            candidate = ModelVersion(collection(self.base, self.rollout.candidate), str(self.rollout.candidate))
-        written = [control, *(slots[s] for s in (PREVIOUS, STAGING) if s in slots), *([candidate] if candidate else [])]
-        return Serving(control, candidate, tuple(dict.fromkeys(written)))
-
-    def version_of(self, name: str) -> ModelVersion:
-        """The version stored in collection `name` (the unversioned base holds `rollout.base_version`'s)."""
-        match = self._versioned.fullmatch(name)
-        return ModelVersion(name, match.group(1) if match else str(self.rollout.base_version))
+        self.current = resolve({}, self.base, rollout)
 
     def for_user(self, user_id: str) -> ModelVersion:
         """The version serving `user_id` ("" = no user id: the control)."""
@@ -120,9 +124,8 @@ class ServingVersions:
 
     async def refresh(self) -> Serving:
         """Re-read the aliases of the news collections; returns the new state."""
-        names = await self.store.collection_names()
-        news = [name for name in names if name == self.base or self._versioned.fullmatch(name)]
-        resolved = self.resolve(await self.store.aliases(news))
+        news = [name for name in await self.store.collection_names() if is_news(name, self.base)]
+        resolved = resolve(await self.store.aliases(news), self.base, self.rollout)
         if resolved != self.current:
             log.info("serving_versions", control=resolved.control.label, written=[v.label for v in resolved.written])
         self.current = resolved

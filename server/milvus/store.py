@@ -310,8 +310,7 @@ class MilvusStore:
     async def _aliases(self, collections: Sequence[str] | None, timeout: float) -> dict[str, str]:
         found: dict[str, str] = {}
         for name in collections if collections is not None else await self._client.list_collections(timeout=timeout):
-            described = await self._client.list_aliases(name, timeout=timeout)
-            found.update(dict.fromkeys(described["aliases"], name))
+            found.update(dict.fromkeys(await self._client.list_aliases(name, timeout=timeout), name))
         return found
 
     # ---- lifecycle ---------------------------------------------------------------------------------
