@@ -1,7 +1,7 @@
 """Roll a model version out, or back: `python -m server.rollout {rollout,rollback,status} --help`.
 
 `roll_out(V)`: the NRMS encoders' version V must be in Triton's repository (`python -m export models` adds
-it). It loads V next to the live versions (explicit model control, a `specific` version policy sent with
+it). The first rollout adopts the unversioned catalog as version `rollout.base_version`. It loads V next to the live versions (explicit model control, a `specific` version policy sent with
 the load request; a Triton restart falls back to the repository's own policy), creates `<news>_v<V>`,
 points `<news>_staging` at it and waits for the gateways to follow (from then on they write each news
 upsert to it too), re-encodes every item of the control's collection with V's news encoder, checks the
@@ -91,7 +91,7 @@ class Rollout:
 
     def roll_out(self, version: int, min_recall: float = 0.9, probe: int = 50) -> Check:
         """Build, check and serve `version`; raises RolloutCheckFailed (nothing switched) when the check fails."""
-        serving, target = self.serving(), collection(self.base, version)
+        serving, target = self._adopt_base(), collection(self.base, version)
         self.encoders.load(sorted({version, *(int(v.triton_version) for v in serving.written if v.triton_version)}))
         dim = self.encoders.encode_titles(version, ["dimension probe"]).shape[1]
         hnsw = HnswParams(self.settings.milvus.hnsw_m, self.settings.milvus.hnsw_ef_construction)
@@ -109,6 +109,15 @@ class Rollout:
         self._point(CONTROL, target)
         self.client.drop_alias(alias(self.base, STAGING))
         return check
+
+    def _adopt_base(self) -> Serving:
+        """Before the first rollout, name the unversioned catalog's version (`rollout.base_version`) by pointing
+        the control alias at it, and let gateways follow before a second version is loaded into Triton: until
+        then they ask Triton for its newest version, which would become the new one."""
+        if alias(self.base, CONTROL) not in self.aliases():
+            self._point(CONTROL, self.base)
+            time.sleep(self.settle_s)
+        return self.serving()
 
     def roll_back(self) -> Serving:
         """Serve the previous version again (and keep the current one as the next rollback's target)."""

@@ -27,7 +27,7 @@ USERS = [f"U{i}" for i in range(20_000)]
 def test_a_user_lands_in_the_same_bucket_in_another_process() -> None:
     here = [bucket(user) for user in USERS[:50]]
     code = "import sys; from server.versions import bucket; print([bucket(f'U{i}') for i in range(50)])"
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=None)
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == str(here)
 
 
