@@ -1,13 +1,14 @@
 """Roll a model version out, or back: `python -m server.rollout {rollout,rollback,status} --help`.
 
-`roll_out(V)`: the NRMS encoders' version V must be in Triton's repository (`python -m export models` adds
-it). The first rollout adopts the unversioned catalog as version `rollout.base_version`. It loads V next to the live versions (explicit model control, a `specific` version policy sent with
-the load request; a Triton restart falls back to the repository's own policy), creates `<news>_v<V>`,
-points `<news>_staging` at it and waits for the gateways to follow (from then on they write each news
-upsert to it too), re-encodes every item of the control's collection with V's news encoder, checks the
-result (row count equals the control's; every vector finite and non-zero; ANN top-10 recall against
-brute force over a sample), and only then moves `<news>_control` to it atomically (`<news>_previous` to
-the old control). A failed check leaves serving as it was. `roll_back()` swaps control and previous.
+`roll_out(V)`: the NRMS encoders' version V must be in Triton's repository (`python -m export models`
+adds it). The first rollout adopts the unversioned catalog as version `rollout.base_version`. It loads V
+next to the live versions (explicit model control, a `specific` version policy sent with the load
+request; a Triton restart falls back to the repository's own policy), creates `<news>_v<V>`, points
+`<news>_staging` at it and waits for the gateways to follow (from then on they write each news upsert
+to it too), re-encodes every item of the control's collection with V's news encoder, checks the result
+(row count equals the control's; every vector finite and non-zero; ANN top-10 recall against brute
+force over a sample), and only then moves `<news>_control` to it atomically (`<news>_previous` to the
+old control). A failed check leaves serving as it was. `roll_back()` swaps control and previous.
 The aliases and what the gateway does with them: `server.versions`.
 
 Known limit: an item re-encoded from a row read just before a concurrent upsert of the same id may
@@ -197,7 +198,7 @@ class TritonNewsEncoders:
 
     def __init__(self, settings: Settings) -> None:
         t = settings.triton
-        self.settings = t
+        self.settings, self.batch = t, settings.gateway.encode_batch
         self.tokenizer = TextTokenizer.from_file(layout.tokenizer_file(t.tokenizer_dir, contract.TITLE))
         self.client = triton_grpc.InferenceServerClient(
             t.url,
@@ -215,6 +216,11 @@ class TritonNewsEncoders:
             self.client.load_model(model, config=json.dumps(config))
 
     def encode_titles(self, version: int, titles: list[str]) -> NDArray[np.float32]:
+        """Titles' vectors by `version`'s news encoder, in requests of at most `gateway.encode_batch` titles."""
+        size = self.batch
+        return np.concatenate([self._encode(version, titles[i : i + size]) for i in range(0, len(titles), size)])
+
+    def _encode(self, version: int, titles: list[str]) -> NDArray[np.float32]:
         ids, mask = self.tokenizer.encode(titles)
         inputs = []
         for name, array in ((contract.INPUT_IDS, ids), (contract.ATTENTION_MASK, mask)):
