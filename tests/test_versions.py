@@ -6,15 +6,20 @@ import subprocess
 import sys
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from server.config import MilvusSettings, RolloutSettings, Settings
+from server.domain import Filters, RecommendQuery
+from server.pipeline.common import RequestContext
+from server.pipeline.recommend import Recommendation
 from server.versions import (
     CONTROL,
     PREVIOUS,
     STAGING,
     ModelVersion,
     ServingVersions,
+    VersionRouter,
     alias,
     bucket,
     collection,
@@ -62,3 +67,35 @@ def test_rollout_settings_reject_unknown_keys_and_fractions_outside_0_1() -> Non
         Settings(rollout={"candidate": 2, "fraction": 1.5})
     with pytest.raises(ValidationError, match="canditate"):
         Settings(rollout={"canditate": 2})
+
+
+@pytest.mark.anyio
+async def test_the_router_answers_with_the_users_version_and_counts_requests_per_version() -> None:
+    versions = ServingVersions(None, MilvusSettings(), RolloutSettings(candidate=7, fraction=0.5))  # type: ignore[arg-type]
+    built: list[ModelVersion] = []
+
+    def build(version: ModelVersion):
+        built.append(version)
+
+        async def pipeline(query: RecommendQuery, ctx: RequestContext) -> Recommendation:
+            return Recommendation([], cold_start=True, history_used=0)
+
+        return pipeline
+
+    router = VersionRouter(versions, build)
+    users = {"": "", **{user: versions.for_user(user).triton_version for user in USERS[:40]}}
+    before = {label: _requests(label) for label in ("latest", "7")}
+    for user, version in users.items():
+        query = RecommendQuery(user, (), 5, Filters(), exclude_seen=True, diversity=0.0)
+        assert (await router(query, RequestContext.with_budget(1))).model_version == version
+    assert sorted(v.label for v in built) == ["7", "latest"]  # one pipeline per version
+    served = list(users.values())
+    assert _requests("7") - before["7"] == served.count("7") > 0
+    assert _requests("latest") - before["latest"] == served.count("") > 0
+
+
+def _requests(version: str) -> float:
+    return (
+        REGISTRY.get_sample_value("recstack_recommend_version_seconds_count", {"version": version, "outcome": "ok"})
+        or 0.0
+    )
