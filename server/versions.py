@@ -99,13 +99,18 @@ def resolve(aliases: dict[str, str], base: str, rollout: RolloutSettings) -> Ser
 
 def version_of(name: str, base: str, rollout: RolloutSettings) -> ModelVersion:
     """The version stored in collection `name` (the unversioned `base` holds `rollout.base_version`'s)."""
-    match = re.fullmatch(rf"{re.escape(base)}_v([1-9][0-9]*)", name)
-    return ModelVersion(name, match.group(1) if match else str(rollout.base_version))
+    return ModelVersion(name, _version_number(name, base) or str(rollout.base_version))
 
 
 def is_news(name: str, base: str) -> bool:
     """Whether collection `name` is `base` or one of its versions."""
-    return name == base or re.fullmatch(rf"{re.escape(base)}_v[1-9][0-9]*", name) is not None
+    return name == base or _version_number(name, base) is not None
+
+
+def _version_number(name: str, base: str) -> str | None:
+    """V when `name` is `collection(base, V)`."""
+    match = re.fullmatch(rf"{re.escape(base)}_v([1-9][0-9]*)", name)
+    return match.group(1) if match else None
 
 
 class ServingVersions:
