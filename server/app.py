@@ -36,7 +36,7 @@ from server.milvus import MilvusStore
 from server.observability import configure_logging, record_cache_warmup
 from server.pipeline.answer import Answerer
 from server.pipeline.common import CatalogClock
-from server.pipeline.ingest import Ingest
+from server.pipeline.ingest import Ingest, NewsTarget
 from server.pipeline.recommend import (
     AnnCandidates,
     CatalogView,
@@ -51,6 +51,7 @@ from server.requests import RequestValidator
 from server.service import GatewayService
 from server.transport import InsecureExposure, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
+from server.versions import UNVERSIONED, ModelVersion, ServingVersions, VersionedEncoders, VersionRouter
 
 log = structlog.get_logger("recstack.gateway")
 
@@ -67,6 +68,8 @@ class GatewayApp:
         rec = settings.recommend
         self.cache = ItemCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
         self.clock = CatalogClock()  # fed by the warm-up and by ingest, read by ColdStart
+        self.versions = ServingVersions(self.store, settings.milvus, settings.rollout)
+        self._news: dict[ModelVersion, NewsTarget] = {}
         self.llm = make_llm_client(settings.llm)
         self.health = HealthMonitor(
             {"triton": self.encoders.ready, "milvus": self.store.ready, "llm": self.llm.health},
@@ -88,6 +91,7 @@ class GatewayApp:
         await self.store.ensure_collections(
             news_dim=dims[self.settings.triton.news_encoder], passage_dim=dims[self.settings.triton.doc_encoder]
         )
+        await self.versions.refresh()
         self.server = grpc.aio.server(interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs)
         gateway_pb2_grpc.add_GatewayServicer_to_server(self._service(), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
@@ -98,7 +102,11 @@ class GatewayApp:
         await self.server.start()
         if gw.metrics_port:
             start_http_server(gw.metrics_port, addr=gw.host)
-        self._tasks = [asyncio.create_task(self.health.run()), asyncio.create_task(self._warm_cache())]
+        self._tasks = [
+            asyncio.create_task(self.health.run()),
+            asyncio.create_task(self._warm_cache()),
+            asyncio.create_task(self.versions.run()),
+        ]
         log.info(
             "serving",
             address=f"{gw.host}:{self.port}",
@@ -108,25 +116,37 @@ class GatewayApp:
         )
         return self.port
 
-    def _service(self) -> GatewayService:
-        s = self.settings
-        searcher = BatchedSearch(self.store, s.milvus.search_batch, s.milvus.search_in_flight)
+    def news_target(self, version: ModelVersion) -> NewsTarget:
+        """`version`'s news collection, encoders and item vectors (the unversioned catalog's are the app's)."""
+        if version not in self._news:
+            if version.triton_version == UNVERSIONED:
+                self._news[version] = NewsTarget(version.collection, self.encoders, self.cache)
+            else:
+                rec = self.settings.recommend
+                encoders = VersionedEncoders(self.encoders, version.triton_version)
+                cache = ItemCache(rec.item_cache_capacity, rec.item_cache_ttl_s)
+                self._news[version] = NewsTarget(version.collection, encoders, cache)
+        return self._news[version]
+
+    def _recommender(self, version: ModelVersion, searcher: BatchedSearch) -> Recommender:
+        """The Recommend pipeline of one model version."""
+        s, news = self.settings, self.news_target(version)
         # One-row calls of the request path are coalesced; ingestion sends its own full batches.
-        request_encoders = BatchedEncoders(self.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
-        cold_start = ColdStart(
-            self.store,
-            s.milvus.news_collection,
-            self.clock,
-            s.recommend.cold_start_window_days,
-            s.recommend.cold_start_pool,
-        )
-        catalog = CatalogView(self.cache, self.store, s.milvus.news_collection)
-        recommender = Recommender(
-            HistoryVectors(catalog, self.encoders, s.recommend.max_history),
-            UserVector(request_encoders),
+        user_encoders = BatchedEncoders(news.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
+        rec = s.recommend
+        cold_start = ColdStart(self.store, news.collection, self.clock, rec.cold_start_window_days, rec.cold_start_pool)
+        catalog = CatalogView(news.cache, self.store, news.collection)
+        return Recommender(
+            HistoryVectors(catalog, news.encoders, rec.max_history),
+            UserVector(user_encoders),
             personal_stages(AnnCandidates(searcher, catalog)),
             [cold_start],
         )
+
+    def _service(self) -> GatewayService:
+        s = self.settings
+        searcher = BatchedSearch(self.store, s.milvus.search_batch, s.milvus.search_in_flight)
+        request_encoders = BatchedEncoders(self.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
         search = PassageSearch(QueryVector(request_encoders), searcher, s.milvus.passage_collection)
         ingest = Ingest(
             self.encoders,
@@ -136,10 +156,11 @@ class GatewayApp:
             s.milvus.news_collection,
             s.milvus.passage_collection,
             s.gateway.encode_batch,
+            news_targets=lambda: [self.news_target(version) for version in self.versions.current.written],
         )
         return GatewayService(
             RequestValidator(s.gateway),
-            recommender,
+            VersionRouter(self.versions, lambda version: self._recommender(version, searcher)),
             search,
             ingest,
             Answerer(search, self.llm, s.rag),
@@ -185,10 +206,11 @@ class GatewayApp:
         log.info("cache_warm", vectors=len(self.cache), seconds=round(seconds, 2))
 
     async def _load_catalog(self) -> None:
-        async for row in self.store.iterate(self.settings.milvus.news_collection, CACHED_FIELDS):
+        news = self.news_target(self.versions.current.control)
+        async for row in self.store.iterate(news.collection, CACHED_FIELDS):
             self.clock.observe(int(row["published"]))
-            if self.cache.has_room():
-                self.cache.store({row["id"]: CachedNews.from_row(row)})
+            if news.cache.has_room():
+                news.cache.store({row["id"]: CachedNews.from_row(row)})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.health.shutdown()

@@ -198,8 +198,6 @@ class RagSettings(Section):
         return self
 
 
-# read: Recommend/Search/Answer; write: UpsertItems/DeleteItems; feedback: LogFeedback (its own scope: what it
-# writes becomes training data, so a token that may only read answers must not be able to write it).
 class FeedbackSettings(Section):
     """Feedback events: what Recommend served is remembered in memory, LogFeedback writes it (see `server.feedback`)."""
 
@@ -214,6 +212,22 @@ class FeedbackSettings(Section):
     max_events: int = Field(1000, gt=0, description="Most events in one LogFeedback call.")
 
 
+class RolloutSettings(Section):
+    """Model versions (see `server.versions`): which version a user is served, and how the gateway follows
+    the rollout command's Milvus aliases."""
+
+    candidate: int | None = Field(
+        None, ge=1, description="Triton version of the NRMS encoders under A/B test (news vectors in news_v<V>)."
+    )
+    fraction: float = Field(0.0, ge=0, le=1, description="Share of users (by a stable hash of user_id) served it.")
+    base_version: int = Field(
+        1, ge=1, description="Triton version whose news encoder wrote the unversioned news collection's vectors."
+    )
+    refresh_s: float = Field(1.0, gt=0, description="How often the gateway re-reads the serving aliases.")
+
+
+# read: Recommend/Search/Answer; write: UpsertItems/DeleteItems; feedback: LogFeedback (its own scope: what it
+# writes becomes training data, so a token that may only read answers must not be able to write it).
 Scope = Literal["read", "write", "feedback"]
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
@@ -283,6 +297,7 @@ class Settings(BaseSettings):
     rag: RagSettings = RagSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     security: SecuritySettings = SecuritySettings()
+    rollout: RolloutSettings = RolloutSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -47,8 +47,6 @@ NEWS_FILE = "news.tsv"
 NEWS_COLUMNS = 8  # news_id, category, subcategory, title, abstract, url, title_entities, abstract_entities
 ANONYMOUS_USER = "-"  # MIND's user column must not be empty
 LABEL_SEPARATOR = "-"  # MIND writes a candidate as `<news id>-<label>`
-# The version label of feedback metrics until model versions are served: Triton's first model version.
-UNVERSIONED_MODEL = "1"
 
 
 @dataclass(frozen=True, slots=True)

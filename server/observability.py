@@ -44,6 +44,12 @@ from structlog.typing import Processor
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.25, 0.5, 1, 2.5, 5, 10)
 
 RPC_SECONDS = Histogram("recstack_rpc_seconds", "Gateway RPC latency.", ["method", "code"], buckets=LATENCY_BUCKETS)
+VERSION_SECONDS = Histogram(
+    "recstack_recommend_version_seconds",
+    "Recommend latency by the model version that served it (its count: requests per version).",
+    ["version", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
 STAGE_SECONDS = Histogram("recstack_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"])
 ITEM_CACHE = Counter("recstack_item_cache_total", "Catalog lookups served from memory or not.", ["result"])

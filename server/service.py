@@ -6,7 +6,7 @@ Errors are raised by the components as `server.errors` and become gRPC status co
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,22 +15,24 @@ from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.admission import Admission
 from server.config import RagSettings
+from server.domain import RecommendQuery
 from server.errors import DependencyUnavailable
-from server.feedback import UNVERSIONED_MODEL, FeedbackRecorder
+from server.feedback import FeedbackRecorder
 from server.pipeline.answer import Answerer, Done, Sources, Token
 from server.pipeline.common import Item, RequestContext
 from server.pipeline.ingest import Ingest
-from server.pipeline.recommend import Recommender
+from server.pipeline.recommend import Recommendation
 from server.pipeline.search import PassageSearch
 from server.requests import RequestValidator
 from server.rpc import server_stream, unary
+from server.versions import UNVERSIONED_LABEL
 
 
 class GatewayService(pb_grpc.GatewayServicer):
     def __init__(
         self,
         validator: RequestValidator,
-        recommender: Recommender,
+        recommender: Callable[[RecommendQuery, RequestContext], Awaitable[Recommendation]],
         search: PassageSearch,
         ingest: Ingest,
         answerer: Answerer,
@@ -61,13 +63,16 @@ class GatewayService(pb_grpc.GatewayServicer):
         async with self.admission.permit("Recommend", context):
             ctx = self.context(context, self.request_timeout_s)
             result = await self.recommender(query, ctx)
-        impression_id = self.feedback.remember(query, result, UNVERSIONED_MODEL) if self.feedback else ""
+        impression_id = (
+            self.feedback.remember(query, result, result.model_version or UNVERSIONED_LABEL) if self.feedback else ""
+        )
         return pb.RecommendResponse(
             items=[news_result(item) for item in result.items],
             cold_start=result.cold_start,
             history_used=result.history_used,
             timings=stage_timings(ctx),
             impression_id=impression_id,
+            model_version=result.model_version,
         )
 
     @unary("Search")

@@ -62,22 +62,27 @@ class TritonEncoders:
         return [*self._models.values(), self.settings.user_encoder]
 
     async def encode_texts(
-        self, text_field: str, texts: list[str], timeout_s: float | None = None
+        self, text_field: str, texts: list[str], timeout_s: float | None = None, model_version: str = ""
     ) -> NDArray[np.float32]:
-        """Embeddings [len(texts), D] of titles ("title"), queries ("query") or passages ("passage")."""
+        """Embeddings [len(texts), D] of titles ("title"), queries ("query") or passages ("passage"), by
+        the encoder's Triton `model_version` ("": the newest loaded)."""
         ids, mask = self.tokenizers[text_field].encode(texts)
         inputs = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-        return await self._infer(self._models[text_field], inputs, timeout_s)
+        return await self._infer(self._models[text_field], inputs, timeout_s, model_version)
 
     async def encode_users(
-        self, history: NDArray[np.float32], mask: NDArray[np.int64], timeout_s: float | None = None
+        self,
+        history: NDArray[np.float32],
+        mask: NDArray[np.int64],
+        timeout_s: float | None = None,
+        model_version: str = "",
     ) -> NDArray[np.float32]:
         """User vectors [B, D] from clicked-news vectors [B, H, D] and their mask [B, H] (H >= 1)."""
         inputs: dict[str, NDArray[Any]] = {
             contract.HISTORY: history.astype(np.float32, copy=False),
             contract.HISTORY_MASK: mask,
         }
-        return await self._infer(self.settings.user_encoder, inputs, timeout_s)
+        return await self._infer(self.settings.user_encoder, inputs, timeout_s, model_version)
 
     async def embedding_dims(self) -> dict[str, int]:
         """Output size D of every encoder, read from Triton's model metadata."""
@@ -107,7 +112,9 @@ class TritonEncoders:
     async def close(self) -> None:
         await self._client.close()
 
-    async def _infer(self, model: str, inputs: dict[str, NDArray[Any]], timeout_s: float | None) -> NDArray[np.float32]:
+    async def _infer(
+        self, model: str, inputs: dict[str, NDArray[Any]], timeout_s: float | None, model_version: str = ""
+    ) -> NDArray[np.float32]:
         request = []
         for name, array in inputs.items():
             tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -116,7 +123,11 @@ class TritonEncoders:
         timeout = min(timeout_s, self.settings.timeout_s) if timeout_s else self.settings.timeout_s
         try:
             result = await self._client.infer(
-                model, request, outputs=[InferRequestedOutput(contract.EMBEDDING)], client_timeout=timeout
+                model,
+                request,
+                model_version=model_version,
+                outputs=[InferRequestedOutput(contract.EMBEDDING)],
+                client_timeout=timeout,
             )
         except InferenceServerException as error:
             raise _mapped(model, error) from error

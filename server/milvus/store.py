@@ -294,6 +294,25 @@ class MilvusStore:
         )
         return query
 
+    async def collection_names(self, timeout: float | None = None) -> list[str]:
+        """Every collection's name."""
+        budget = timeout or self.settings.timeout_s
+        names: list[str] = await self._call(
+            "list_collections", self._client.list_collections(timeout=budget), budget, "timeout"
+        )
+        return names
+
+    async def aliases(self, collections: Sequence[str] | None = None, timeout: float | None = None) -> dict[str, str]:
+        """Alias -> collection, for the aliases of `collections` (default: every collection that exists)."""
+        budget = timeout or self.settings.timeout_s
+        return await self._call("aliases", self._aliases(collections, budget), budget, "collections")
+
+    async def _aliases(self, collections: Sequence[str] | None, timeout: float) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for name in collections if collections is not None else await self._client.list_collections(timeout=timeout):
+            found.update(dict.fromkeys(await self._client.list_aliases(name, timeout=timeout), name))
+        return found
+
     # ---- lifecycle ---------------------------------------------------------------------------------
 
     async def ready(self) -> bool:

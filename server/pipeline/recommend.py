@@ -262,6 +262,7 @@ class Recommendation:
     cold_start: bool
     history_used: int
     history: list[Item] = field(default_factory=list)  # the used history entries that have an id, oldest first
+    model_version: str = ""  # the version that served it (see server.versions)
 
 
 class Recommender:
