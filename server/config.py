@@ -131,6 +131,13 @@ class AdmissionSettings(Section):
         return self
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (e.g. a container's cpuset), else os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class GatewaySettings(Section):
     """The gRPC server itself and its request limits."""
 
@@ -140,7 +147,8 @@ class GatewaySettings(Section):
         1,
         ge=0,
         le=MAX_WORKERS,
-        description="Gateway processes sharing the port (SO_REUSEPORT, see server.workers); 0: one per CPU. "
+        description="Gateway processes sharing the port (SO_REUSEPORT, see server.workers); 0: one per CPU "
+        "this process may use (a cpuset counts; a CPU quota does not: set the number then). "
         "1 runs the gateway in this process, without a supervisor.",
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
@@ -177,8 +185,8 @@ class GatewaySettings(Section):
 
     @property
     def worker_processes(self) -> int:
-        """How many gateway processes to run: `workers`, with 0 meaning os.cpu_count()."""
-        return self.workers or os.cpu_count() or 1
+        """How many gateway processes to run: `workers`, with 0 meaning one per available CPU."""
+        return self.workers or available_cpus()
 
 
 class RecommendSettings(Section):

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
-from server.config import MAX_WORKERS, GatewaySettings, RagSettings, Settings, load_settings
+from server.config import MAX_WORKERS, GatewaySettings, RagSettings, Settings, available_cpus, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,10 +92,11 @@ def test_the_default_number_of_passages_must_be_allowed() -> None:
         RagSettings(default_k=9, max_k=8)
 
 
-def test_one_gateway_process_by_default_and_one_per_cpu_for_zero() -> None:
+def test_one_gateway_process_by_default_and_one_per_usable_cpu_for_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     assert GatewaySettings().worker_processes == 1
-    assert GatewaySettings(workers=0).worker_processes == (os.cpu_count() or 1)
     assert GatewaySettings(workers=3).worker_processes == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)  # e.g. a container's cpuset
+    assert GatewaySettings(workers=0).worker_processes == 3
 
 
 @pytest.mark.parametrize("workers", [-1, MAX_WORKERS + 1, "many"])
@@ -106,4 +107,4 @@ def test_a_bad_number_of_workers_is_rejected_naming_the_key(workers: object) -> 
 
 def test_production_runs_a_worker_per_cpu() -> None:
     settings = load_settings(ROOT / "configs" / "production.yaml")
-    assert settings.gateway.workers == 0 and settings.gateway.worker_processes == (os.cpu_count() or 1)
+    assert settings.gateway.workers == 0 and settings.gateway.worker_processes == available_cpus()
