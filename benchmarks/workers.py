@@ -82,7 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="recstack-workers-") as state:
-        config = StackConfig(state_dir=Path(state), gateway_port=0, metrics_port=0, llm=False)
+        config = StackConfig(
+            state_dir=Path(state),
+            gateway_port=0,
+            metrics_port=0,
+            llm=False,
+            gateway_env={"RECSTACK_MILVUS__WRITE_TIMEOUT_S": "60"},  # indexing on a busy shared machine
+        )
         with LocalStack(config) as stack:
             index_catalog(stack.gateway_address, args.data_dir)
             process, address, metrics_url = start_workers_gateway(stack, args.workers, config.logs / "workers.log")

@@ -47,7 +47,7 @@ from server.pipeline.recommend import (
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
-from server.transport import READY_LINE, bind, check_exposure, server_credentials
+from server.transport import DRAIN_GRACE_S, READY_LINE, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
 
 log = structlog.get_logger("recstack.gateway")
@@ -196,7 +196,7 @@ class GatewayApp:
             if self.cache.has_room():
                 self.cache.store({row["id"]: CachedNews.from_row(row)})
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         await self.health.shutdown()
         if self.server is not None:
             await self.server.stop(grace_s)

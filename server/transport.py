@@ -69,3 +69,4 @@ def bind(
 
 # Printed on stdout once the gateway serves, followed by host:port; a `server.workers` supervisor waits for it.
 READY_LINE = "gateway ready on "
+DRAIN_GRACE_S = 5.0  # on stop, in-flight RPCs get this long to finish before they are cancelled

@@ -45,7 +45,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from server.config import Settings
-from server.transport import READY_LINE, check_exposure
+from server.transport import DRAIN_GRACE_S, READY_LINE, check_exposure
 
 log = structlog.get_logger("recstack.supervisor")
 
@@ -53,8 +53,7 @@ START_ATTEMPTS = 3
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 STABLE_S = 60.0
-STOP_MARGIN_S = 10.0  # beyond the workers' own drain (GatewayApp.stop's grace) before they are killed
-WORKER_GRACE_S = 5.0  # GatewayApp.stop's default grace
+STOP_MARGIN_S = 10.0  # beyond the workers' own drain (DRAIN_GRACE_S) before they are killed
 
 
 class WorkerStartFailed(Exception):
@@ -83,12 +82,15 @@ def supervise(settings: Settings, argv: Sequence[str]) -> int:
 def reserve_port(host: str, port: int) -> Iterator[int]:
     """Bind (never listen on) host:port with SO_REUSEPORT for the block; yields the port (a free one for 0).
 
-    Fails with OSError when another program holds the port without SO_REUSEPORT (or as another user).
+    Exits (SystemExit) when another program holds the port without SO_REUSEPORT (or as another user).
     """
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as held:
         held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        held.bind((host.strip("[]"), port))
+        try:
+            held.bind((host.strip("[]"), port))
+        except OSError as error:
+            raise SystemExit(f"gateway cannot use {host}:{port}: {error}") from None
         yield held.getsockname()[1]
 
 
@@ -192,7 +194,7 @@ class Supervisor:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.send_signal(signal.SIGTERM)
-        _, pending = await asyncio.wait(workers, timeout=WORKER_GRACE_S + STOP_MARGIN_S)
+        _, pending = await asyncio.wait(workers, timeout=DRAIN_GRACE_S + STOP_MARGIN_S)
         for process in self.processes.values():
             if process.returncode is None:
                 log.warning("worker_killed", pid=process.pid)
