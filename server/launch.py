@@ -12,6 +12,7 @@ from pathlib import Path
 
 from server.config import Settings, load_settings
 from server.observability import configure_logging
+from server.transport import InsecureExposure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,11 +42,14 @@ def main(argv: list[str] | None = None) -> None:
     port_override = {"gateway": {"port": args.port}} if args.port is not None else {}
     settings = load_settings(args.config, **port_override)
     configure_logging(json=args.log_format == "json")
-    if args.worker is None and settings.gateway.worker_processes > 1:
-        from server.workers import supervise
+    try:
+        if args.worker is None and settings.gateway.worker_processes > 1:
+            from server.workers import supervise
 
-        raise SystemExit(supervise(settings, sys.argv[1:] if argv is None else argv))
-    serve_here(settings, args.worker)
+            raise SystemExit(supervise(settings, sys.argv[1:] if argv is None else argv))
+        serve_here(settings, args.worker)
+    except InsecureExposure as error:
+        raise SystemExit(f"gateway refused to start: {error}") from None
 
 
 def serve_here(settings: Settings, worker: int | None) -> None:
@@ -53,9 +57,5 @@ def serve_here(settings: Settings, worker: int | None) -> None:
     import uvloop
 
     from server.app import serve
-    from server.transport import InsecureExposure
 
-    try:
-        uvloop.run(serve(settings, worker))
-    except InsecureExposure as error:
-        raise SystemExit(f"gateway refused to start: {error}") from None
+    uvloop.run(serve(settings, worker))

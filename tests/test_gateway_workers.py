@@ -184,3 +184,10 @@ def test_workers_that_cannot_start_end_the_supervisor_with_status_1_and_their_er
     assert "missing-tokens.yaml" in done.stderr
     assert done.stderr.count('"event": "worker_exited"') >= 2  # retried before giving up
     assert '"event": "supervisor_failed"' in done.stderr
+
+
+def test_a_supervisor_refuses_an_exposed_address_itself_before_starting_workers() -> None:
+    env = {**os.environ, "RECSTACK_GATEWAY__WORKERS": "2", "RECSTACK_GATEWAY__HOST": "0.0.0.0"}
+    done = subprocess.run([sys.executable, "-m", "server"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "gateway refused to start" in done.stderr
+    assert "security.allow_insecure" in done.stderr and "worker" not in done.stderr
