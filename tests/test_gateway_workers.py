@@ -152,12 +152,12 @@ def test_a_killed_worker_is_replaced_and_its_counts_are_kept(supervised: Supervi
 
 @pytest.mark.stack
 @pytest.mark.slow
-def test_sigterm_drains_every_worker_and_exits_0(supervised: Supervised) -> None:
+def test_sigterm_drains_every_worker_and_exits_0(supervised: Supervised, gateway) -> None:
     """Runs last in this module: it stops the supervised gateway."""
+    question = pb.AnswerRequest(question="What happened?", max_tokens=2)
+    assert list(gateway.Answer(question, timeout=120))  # the LLM has its model loaded: the drained one is quick
     with own_connection(supervised.address) as channel:
-        answer = gateway_pb2_grpc.GatewayStub(channel).Answer(
-            pb.AnswerRequest(question="What happened?", max_tokens=8), timeout=60
-        )
+        answer = gateway_pb2_grpc.GatewayStub(channel).Answer(question, timeout=60)
         first = next(answer)  # the sources: the Answer is in flight now
         supervised.process.send_signal(signal.SIGTERM)
         rest = list(answer)  # drained: the stream ends normally instead of being cut
