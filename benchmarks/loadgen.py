@@ -155,7 +155,7 @@ class GatewayClient:
     async def connect(cls, config: LoadConfig) -> AsyncIterator[GatewayClient]:
         """Open the channels and wait until each is connected (ConnectionError after CONNECT_TIMEOUT_S)."""
         security = config.security
-        channels = [security.aio_channel(config.target) for _ in range(config.channels)]
+        channels = [security.aio_channel(config.target, own_connection=True) for _ in range(config.channels)]
         client = cls(channels)
         try:
             try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 
 TOKEN_ENV = "RECSTACK_TOKEN"
+OWN_CONNECTION_OPTION = "grpc.use_local_subchannel_pool"  # this channel's connections are not shared with others
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,17 @@ class ClientSecurity:
         credentials = self.credentials()
         return grpc.insecure_channel(target) if credentials is None else grpc.secure_channel(target, credentials)
 
-    def aio_channel(self, target: str) -> grpc.aio.Channel:
-        """An asyncio channel to the gateway."""
+    def aio_channel(self, target: str, own_connection: bool = False) -> grpc.aio.Channel:
+        """An asyncio channel to the gateway.
+
+        gRPC lets channels with equal settings to one target share a connection; `own_connection` gives this one
+        its own (several gateway workers on one port each get whole connections, see server.workers).
+        """
         credentials = self.credentials()
+        options = [(OWN_CONNECTION_OPTION, 1)] if own_connection else []
         if credentials is None:
-            return grpc.aio.insecure_channel(target)
-        return grpc.aio.secure_channel(target, credentials)
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
 
 def _read(path: Path | None) -> bytes | None:

@@ -1,4 +1,4 @@
-"""`python -m server`: run the gateway (see `server.app`); `python -m server token NAME [SCOPE ...]` mints a token."""
+"""`python -m server`: run the gateway (`server.launch`); `python -m server token NAME [SCOPE ...]` mints a token."""
 
 import sys
 
@@ -7,6 +7,6 @@ if sys.argv[1:2] == ["token"]:
 
     mint(sys.argv[2:])
 else:
-    from server.app import main
+    from server.launch import main
 
     main()

@@ -8,12 +8,11 @@ recovers by itself when the dependency returns (gRPC channels and Milvus reconne
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import time
-from pathlib import Path
 
 import grpc
 import structlog
@@ -25,7 +24,7 @@ from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from server.admission import Admission
 from server.auth import interceptors
 from server.batching import BatchedEncoders, BatchedSearch
-from server.config import Settings, load_settings
+from server.config import Settings
 from server.errors import DependencyUnavailable
 from server.feedback import FeedbackRecorder
 from server.health import HealthMonitor
@@ -33,7 +32,7 @@ from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache
 from server.llm import make_llm_client
 from server.milvus import MilvusStore
-from server.observability import configure_logging, record_cache_warmup
+from server.observability import record_cache_warmup
 from server.pipeline.answer import Answerer
 from server.pipeline.common import CatalogClock
 from server.pipeline.ingest import Ingest, NewsTarget
@@ -49,7 +48,7 @@ from server.pipeline.recommend import (
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
-from server.transport import InsecureExposure, bind, check_exposure, server_credentials
+from server.transport import DRAIN_GRACE_S, READY_LINE, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
 from server.versions import UNVERSIONED, ModelVersion, ServingVersions, VersionedEncoders, VersionRouter
 
@@ -59,10 +58,15 @@ log = structlog.get_logger("recstack.gateway")
 class GatewayApp:
     """Owns every component and the gRPC server; `start()` then `stop()`."""
 
-    def __init__(self, settings: Settings) -> None:
-        """Raises InsecureExposure before anything else when a non-loopback address lacks TLS and tokens."""
+    def __init__(self, settings: Settings, worker: int | None = None) -> None:
+        """Raises InsecureExposure before anything else when a non-loopback address lacks TLS and tokens.
+
+        `worker` is this process's index under a `server.workers` supervisor (None: a lone gateway): a worker
+        shares its port with the others (SO_REUSEPORT) and leaves /metrics to the supervisor.
+        """
         check_exposure(settings.gateway, settings.security)
         self.settings = settings
+        self.worker = worker
         self.encoders = TritonEncoders.from_settings(settings.triton)
         self.store = MilvusStore(settings.milvus)
         rec = settings.recommend
@@ -92,7 +96,10 @@ class GatewayApp:
             news_dim=dims[self.settings.triton.news_encoder], passage_dim=dims[self.settings.triton.doc_encoder]
         )
         await self.versions.refresh()
-        self.server = grpc.aio.server(interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs)
+        shared_port = [("grpc.so_reuseport", 1)] if self.worker is not None else []
+        self.server = grpc.aio.server(
+            interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs, options=shared_port
+        )
         gateway_pb2_grpc.add_GatewayServicer_to_server(self._service(), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
         names = [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name, reflection.SERVICE_NAME]
@@ -100,7 +107,7 @@ class GatewayApp:
         self.port = bind(self.server, f"{gw.host}:{gw.port}", credentials, security.loopback_port)
         await self.health.check()
         await self.server.start()
-        if gw.metrics_port:
+        if gw.metrics_port and self.worker is None:
             start_http_server(gw.metrics_port, addr=gw.host)
         self._tasks = [
             asyncio.create_task(self.health.run()),
@@ -113,6 +120,7 @@ class GatewayApp:
             metrics_port=gw.metrics_port,
             tls="mutual" if security.tls_client_ca_file else "on" if security.tls else "off",
             tokens=security.authentication,
+            **({} if self.worker is None else {"worker": self.worker, "pid": os.getpid()}),
         )
         return self.port
 
@@ -212,7 +220,7 @@ class GatewayApp:
             if news.cache.has_room():
                 news.cache.store({row["id"]: CachedNews.from_row(row)})
 
-    async def stop(self, grace_s: float = 5.0) -> None:
+    async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         await self.health.shutdown()
         if self.server is not None:
             await self.server.stop(grace_s)
@@ -226,44 +234,27 @@ class GatewayApp:
         await self.llm.close()
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight RPCs and stop."""
-    app = GatewayApp(settings)
+async def serve(settings: Settings, worker: int | None = None) -> None:
+    """Run until SIGINT/SIGTERM (a worker: also until its supervisor is gone), then drain in-flight RPCs and stop."""
+    app = GatewayApp(settings, worker)
     await app.start()
-    print(f"gateway ready on {settings.gateway.host}:{app.port}", flush=True)
+    print(f"{READY_LINE}{settings.gateway.host}:{app.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop)) if worker is not None else None
     await stop.wait()
     log.info("stopping")
     await app.stop()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m server",
-        description="The recstack gRPC gateway. Settings: YAML file < RECSTACK_* environment variables.",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML settings file, e.g. configs/production.yaml (default: none, built-in defaults)",
-    )
-    parser.add_argument("--port", type=int, help="override gateway.port (0 = any free port)")
-    parser.add_argument(
-        "--log-format",
-        choices=["json", "console"],
-        default="json",
-        help="log lines as JSON or for a terminal (%(default)s)",
-    )
-    args = parser.parse_args(argv)
-    port_override = {"gateway": {"port": args.port}} if args.port is not None else {}
-    settings = load_settings(args.config, **port_override)
-    configure_logging(json=args.log_format == "json")
-    import uvloop
-
-    try:
-        uvloop.run(serve(settings))
-    except InsecureExposure as error:
-        raise SystemExit(f"gateway refused to start: {error}") from None
+async def _stop_when_orphaned(stop: asyncio.Event, interval_s: float = 1.0) -> None:
+    """Set `stop` once the parent (the supervisor) has gone, so no worker outlives it holding the port."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(interval_s)
+    log.warning("supervisor_gone", parent=parent)
+    stop.set()

@@ -9,6 +9,7 @@ Production differs from the local stack only here: another URI, another file (co
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -20,6 +21,8 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 import contract
 from contract import layout
 from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, MAX_RESULT_ROWS, TEXT_MAX_BYTES, TITLE_MAX_BYTES
+
+MAX_WORKERS = 256  # a typo guard: far above any machine the gateway runs on
 
 
 class Section(BaseModel):
@@ -128,11 +131,26 @@ class AdmissionSettings(Section):
         return self
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (e.g. a container's cpuset), else os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class GatewaySettings(Section):
     """The gRPC server itself and its request limits."""
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
+    workers: int = Field(
+        1,
+        ge=0,
+        le=MAX_WORKERS,
+        description="Gateway processes sharing the port (SO_REUSEPORT, see server.workers); 0: one per CPU "
+        "this process may use (a cpuset counts; a CPU quota does not: set the number then). "
+        "1 runs the gateway in this process, without a supervisor.",
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
     max_concurrent_rpcs: int = Field(
         256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED (a backstop; see admission)."
@@ -164,6 +182,11 @@ class GatewaySettings(Section):
     health_interval_s: float = Field(1.0, gt=0, description="How often dependencies are probed for health.")
     encode_batch: int = Field(64, gt=0, description="Most texts per Triton request when ingesting.")
     admission: AdmissionSettings = AdmissionSettings()
+
+    @property
+    def worker_processes(self) -> int:
+        """How many gateway processes to run: `workers`, with 0 meaning one per available CPU."""
+        return self.workers or available_cpus()
 
 
 class RecommendSettings(Section):

@@ -24,6 +24,11 @@ Metric names:
   (`expired` after `feedback.impression_ttl_s`, `capacity` beyond `feedback.max_pending_impressions`);
   `recstack_feedback_left_out_ids_total`: shown or history ids not written because MIND's format cannot hold them
   (they contain `-`, its label separator; see `server.feedback`).
+
+With `gateway.workers` > 1 the supervisor serves the metrics of all workers together (see `server.workers`):
+counters and histograms are summed, `recstack_inflight_rpcs` and `recstack_admission_limit` summed over the live
+workers (the whole gateway's), `recstack_item_cache_warm` and `..._warmup_vectors` are the smallest of the live
+workers' (warm once every worker is), `..._warmup_failed` and `..._warmup_seconds` the largest.
 """
 
 from __future__ import annotations
@@ -51,16 +56,24 @@ VERSION_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 STAGE_SECONDS = Histogram("recstack_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS)
-INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"])
+INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"], multiprocess_mode="livesum")
 ITEM_CACHE = Counter("recstack_item_cache_total", "Catalog lookups served from memory or not.", ["result"])
 CACHE_WARM_METRIC = "recstack_item_cache_warm"
 CACHE_WARMUP_FAILED_METRIC = "recstack_item_cache_warmup_failed"
 CACHE_WARMUP_VECTORS_METRIC = "recstack_item_cache_warmup_vectors"
 CACHE_WARMUP_SECONDS_METRIC = "recstack_item_cache_warmup_seconds"
-CACHE_WARM = Gauge(CACHE_WARM_METRIC, "1 once the item cache warm-up has finished, else 0.")
-CACHE_WARMUP_FAILED = Gauge(CACHE_WARMUP_FAILED_METRIC, "1 when the item cache warm-up failed, else 0.")
-CACHE_WARMUP_VECTORS = Gauge(CACHE_WARMUP_VECTORS_METRIC, "News vectors in gateway memory when the warm-up ended.")
-CACHE_WARMUP_SECONDS = Gauge(CACHE_WARMUP_SECONDS_METRIC, "How long the item cache warm-up took.")
+CACHE_WARM = Gauge(
+    CACHE_WARM_METRIC, "1 once the item cache warm-up has finished, else 0.", multiprocess_mode="livemin"
+)
+CACHE_WARMUP_FAILED = Gauge(
+    CACHE_WARMUP_FAILED_METRIC, "1 when the item cache warm-up failed, else 0.", multiprocess_mode="livemax"
+)
+CACHE_WARMUP_VECTORS = Gauge(
+    CACHE_WARMUP_VECTORS_METRIC, "News vectors in gateway memory when the warm-up ended.", multiprocess_mode="livemin"
+)
+CACHE_WARMUP_SECONDS = Gauge(
+    CACHE_WARMUP_SECONDS_METRIC, "How long the item cache warm-up took.", multiprocess_mode="livemax"
+)
 BATCH_SIZE = Histogram(
     "recstack_coalesced_calls", "Calls merged into one downstream request.", ["call"], buckets=(1, 2, 4, 8, 16, 32, 64)
 )
@@ -83,7 +96,9 @@ DEPENDENCY_CALLS = Counter(
 ADMISSION_REJECTED = Counter(
     "recstack_admission_rejected_total", "Requests rejected by admission control.", ["method", "reason"]
 )
-ADMISSION_LIMIT = Gauge("recstack_admission_limit", "Current adaptive concurrency limit.", ["method"])
+ADMISSION_LIMIT = Gauge(
+    "recstack_admission_limit", "Current adaptive concurrency limit.", ["method"], multiprocess_mode="livesum"
+)
 
 
 @dataclass

@@ -65,3 +65,8 @@ def bind(
     if loopback_port:
         server.add_insecure_port(f"127.0.0.1:{loopback_port}")
     return port
+
+
+# Printed on stdout once the gateway serves, followed by host:port; a `server.workers` supervisor waits for it.
+READY_LINE = "gateway ready on "
+DRAIN_GRACE_S = 5.0  # on stop, in-flight RPCs get this long to finish before they are cancelled

@@ -90,6 +90,25 @@ def run(servicer: pb_grpc.GatewayServicer, **config: object) -> dict:
     return asyncio.run(serve_and_load(servicer, **config)).to_dict()
 
 
+class PeerRecorder(FakeGateway):
+    """Records the client address (ip:port, one per connection) of every Recommend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: set[str] = set()
+
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        self.peers.add(context.peer())
+        return await super().Recommend(request, context)
+
+
+def test_each_channel_is_its_own_connection():
+    # gRPC would let equal channels share one connection; gateway workers on one port are reached per connection.
+    recorder = PeerRecorder()
+    run(recorder, concurrency=4, channels=4)
+    assert len(recorder.peers) == 4
+
+
 # ------------------------------------------------------------------------------ accounting
 
 

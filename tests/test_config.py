@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
-from server.config import GatewaySettings, RagSettings, Settings, load_settings
+from server.config import MAX_WORKERS, GatewaySettings, RagSettings, Settings, available_cpus, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +90,21 @@ def test_text_limits_cannot_exceed_what_milvus_stores_at_four_bytes_a_character(
 def test_the_default_number_of_passages_must_be_allowed() -> None:
     with pytest.raises(ValidationError, match=r"default_k \(9\) must not exceed max_k \(8\)"):
         RagSettings(default_k=9, max_k=8)
+
+
+def test_one_gateway_process_by_default_and_one_per_usable_cpu_for_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert GatewaySettings().worker_processes == 1
+    assert GatewaySettings(workers=3).worker_processes == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)  # e.g. a container's cpuset
+    assert GatewaySettings(workers=0).worker_processes == 3
+
+
+@pytest.mark.parametrize("workers", [-1, MAX_WORKERS + 1, "many"])
+def test_a_bad_number_of_workers_is_rejected_naming_the_key(workers: object) -> None:
+    with pytest.raises(ValidationError, match=r"gateway\.workers"):
+        load_settings(gateway={"workers": workers})
+
+
+def test_production_runs_a_worker_per_cpu() -> None:
+    settings = load_settings(ROOT / "configs" / "production.yaml")
+    assert settings.gateway.workers == 0 and settings.gateway.worker_processes == available_cpus()
