@@ -176,7 +176,7 @@ class GatewayApp:
             request_timeout_s=s.gateway.request_timeout_s,
             answer_timeout_s=s.llm.timeout_s,
             admission=Admission.from_settings(s.gateway.admission),
-            feedback=FeedbackRecorder.from_settings(s.feedback),
+            feedback=FeedbackRecorder.from_settings(s.feedback, self.worker),
         )
 
     async def _wait_for_dependencies(self) -> None:

@@ -17,6 +17,10 @@ Why this shape:
 - Each impression is logged once: its entry leaves the table when its line is durable, so a repeat
   is INVALID_ARGUMENT ("unknown, expired or already logged") and never a duplicate line (which the
   MIND loader would reject).
+- Gateway workers (`gateway.workers` > 1) each remember their own answers and write their own log,
+  `<log_dir>/worker-<i>/YYYY-MM-DD/` (no two processes append to one file); training reads every worker's
+  days together. A LogFeedback must reach the worker that served the answer: send it on the channel
+  (connection) the Recommend used. A connection stays on one worker, so a frontend that does this works.
 - MIND's format cannot hold news ids containing `-` (its label separator): such ids are left out of
   the line (counted in `recstack_feedback_left_out_ids_total`); an impression left with no shown item
   is not written.
@@ -45,6 +49,7 @@ from server.pipeline.recommend import Recommendation
 BEHAVIORS_FILE = "behaviors.tsv"  # the names training's MIND loader reads in a split folder
 NEWS_FILE = "news.tsv"
 NEWS_COLUMNS = 8  # news_id, category, subcategory, title, abstract, url, title_entities, abstract_entities
+WORKER_FOLDER = "worker-"  # a gateway worker's own log: <log_dir>/worker-<i>/
 ANONYMOUS_USER = "-"  # MIND's user column must not be empty
 LABEL_SEPARATOR = "-"  # MIND writes a candidate as `<news id>-<label>`
 
@@ -261,9 +266,11 @@ class FeedbackRecorder:
         self.table, self.log, self.max_events, self.clock = table, log, max_events, clock
 
     @classmethod
-    def from_settings(cls, settings: FeedbackSettings) -> FeedbackRecorder:
+    def from_settings(cls, settings: FeedbackSettings, worker: int | None = None) -> FeedbackRecorder:
+        """`worker`: this process's index under a `server.workers` supervisor (it then writes its own log)."""
         table = ImpressionTable(settings.max_pending_impressions, settings.impression_ttl_s)
-        return cls(table, FeedbackLog(settings.log_dir), settings.max_events)
+        log_dir = settings.log_dir if worker is None else settings.log_dir / f"{WORKER_FOLDER}{worker}"
+        return cls(table, FeedbackLog(log_dir), settings.max_events)
 
     def remember(self, query: RecommendQuery, result: Recommendation, model_version: str) -> str:
         """The impression id of `result` ("" when nothing was shown: there is nothing to give feedback on)."""

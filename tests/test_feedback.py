@@ -246,6 +246,16 @@ def test_a_log_directory_is_a_train_dev_split_for_nrms_training(tmp_path: Path) 
 
 
 @pytest.mark.anyio
+async def test_each_gateway_worker_writes_its_own_log_and_training_reads_them_all(tmp_path: Path) -> None:
+    workers = [FeedbackRecorder.from_settings(FeedbackSettings(log_dir=tmp_path), worker=i) for i in (0, 1)]
+    logged = [served(rec, "N1", "N2") for rec in workers]
+    for rec, impression_id in zip(workers, logged, strict=True):
+        assert await rec.record([FeedbackEvent(impression_id, ("N2",), NOON)]) == (1, 1)
+    assert sorted(p.parent.parent.name for p in tmp_path.glob("*/*/behaviors.tsv")) == ["worker-0", "worker-1"]
+    assert sorted(i.impression_id for i in load_feedback_log(tmp_path).impressions) == sorted(logged)
+
+
+@pytest.mark.anyio
 async def test_recommend_then_log_feedback_writes_the_line(tmp_path: Path) -> None:
     async with serving(tmp_path) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)

@@ -1,7 +1,8 @@
 """The gateway's feedback log as MIND training data.
 
 The gateway writes one MIND split folder per UTC day, `<log_dir>/YYYY-MM-DD/{behaviors.tsv,news.tsv}`
-(server/feedback.py; each day loads with `load_mind_split` as it is). NRMS training reads
+(server/feedback.py; each day loads with `load_mind_split` as it is), each gateway worker under its own
+`<log_dir>/worker-<i>/`. NRMS training reads
 `data_dir/train` and `data_dir/dev`, so a log is split here by time, as MIND's own dev week follows
 its train weeks: the latest `dev_fraction` of the impressions (by their time) are dev, the others
 train. Both splits get the whole logged catalog (every id any day's news.tsv names).
@@ -24,12 +25,10 @@ DEV_FRACTION = 0.2
 
 
 def feedback_days(log_dir: str | Path) -> list[Path]:
-    """The log's day folders that hold impressions, oldest first."""
-    return sorted(
-        day
-        for day in Path(log_dir).iterdir()
-        if day.is_dir() and DAY_FOLDER.fullmatch(day.name) and (day / BEHAVIORS_FILE).exists()
-    )
+    """The log's day folders that hold impressions, oldest first: `<log_dir>/YYYY-MM-DD/`, and with gateway
+    workers `<log_dir>/worker-<i>/YYYY-MM-DD/` (each worker writes its own)."""
+    days = [*Path(log_dir).glob(f"*/{BEHAVIORS_FILE}"), *Path(log_dir).glob(f"worker-*/*/{BEHAVIORS_FILE}")]
+    return sorted((path.parent for path in days if DAY_FOLDER.fullmatch(path.parent.name)), key=lambda day: day.name)
 
 
 def is_feedback_log(directory: str | Path) -> bool:
