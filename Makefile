@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup proto data train export up down demo test lint fuzz bench bench-ci clean
+.PHONY: help setup proto data train export up down demo test lint fuzz loop bench bench-ci clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -68,6 +68,10 @@ test: setup  ## run the test suite (unit + end-to-end against the real local sta
 fuzz: setup  ## generated requests to every RPC of a real gateway, long run -> benchmarks/results/fuzz.json
 	RECSTACK_FUZZ_EXAMPLES=$${RECSTACK_FUZZ_EXAMPLES:-1000} RECSTACK_FUZZ_REPORT=benchmarks/results/fuzz.json \
 		$(PY) -m pytest tests/test_fuzz.py -q
+
+loop: setup  ## feedback loop: readers click, retrain on the log, A/B the new version -> artifacts/reports/loop.json
+	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
+	$(PY) -m benchmarks.loop
 
 lint: setup  ## ruff, and mypy --strict on server/ and contract/
 	$(PY) -m ruff check .
