@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from server.domain import Filters, Hit
 from server.errors import DependencyTimeout
-from server.observability import BATCH_SIZE, DependencyCall, latest_dependency_call
+from server.observability import BATCH_SIZE, DependencyCall, labelled, latest_dependency_call
 from server.pipeline.common import Encoders, Searcher
 
 Key = TypeVar("Key", bound=Hashable)
@@ -85,7 +85,7 @@ class Coalescer(Generic[Key, Call, Result]):
         queue = self._queues[key]
         while self._in_flight[key] < self.max_in_flight and (batch := self._next_batch(queue)):
             self._in_flight[key] += 1
-            BATCH_SIZE.labels(self.name).observe(len(batch))
+            labelled(BATCH_SIZE, self.name).observe(len(batch))
             task = asyncio.create_task(self._run(key, batch))
             self._tasks.add(task)  # keep a reference until it finishes
             task.add_done_callback(functools.partial(self._finished, key))  # also when cancelled before it ran

@@ -28,14 +28,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from server.observability import ITEM_CACHE
+from server.observability import ITEM_CACHE, labelled
 
 FIELDS = ("vector", "title", "category", "published")
 EVICTION_CHUNK = 64  # a full cache evicts at least capacity / EVICTION_CHUNK rows at once
 Strings = NDArray[np.object_]
-
-HITS = ITEM_CACHE.labels("hit")
-MISSES = ITEM_CACHE.labels("miss")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +122,8 @@ class ItemCache:
         hit_rows = rows[found]
         self._used[hit_rows] = now
         missing = [ids[i] for i in np.flatnonzero(~found)]
-        HITS.inc(len(hit_rows))
-        MISSES.inc(len(missing))
+        labelled(ITEM_CACHE, "hit").inc(len(hit_rows))
+        labelled(ITEM_CACHE, "miss").inc(len(missing))
         batch = NewsBatch(
             [ids[i] for i in np.flatnonzero(found)] if missing else list(ids),
             self._vectors[hit_rows],
