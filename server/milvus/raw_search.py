@@ -117,12 +117,9 @@ def _hits(results: schema_pb2.SearchResultData) -> list[list[Hit]]:
     start = 0
     for count in results.topks:
         end = start + count
-        hits.append(
-            [
-                Hit(str(id_values[i]), scores[i], {name: values[i] for name, values in columns.items()})
-                for i in range(start, end)
-            ]
-        )
+        rows = zip(*(values[start:end] for values in columns.values()), strict=True) if columns else ((),) * count
+        fields = [dict(zip(columns, row, strict=True)) for row in rows]
+        hits.append(list(map(Hit, map(str, id_values[start:end]), scores[start:end], fields)))
         start = end
     return hits
 
