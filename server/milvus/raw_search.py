@@ -125,9 +125,7 @@ def _hits(results: schema_pb2.SearchResultData) -> list[list[Hit]]:
 
 
 def _column(data: schema_pb2.FieldData) -> list[object]:
-    """A scalar output field's values (one per hit, in hit order)."""
-    scalars = data.scalars
-    kind = scalars.WhichOneof("data")
-    if kind is None:
-        raise MilvusException(message=f"output field {data.field_name!r} is not a scalar")
-    return list(getattr(scalars, kind).data)
+    """A scalar output field's values (one per hit, in hit order; none when there are no hits, where
+    Milvus sends the field without data)."""
+    kind = data.scalars.WhichOneof("data")
+    return list(getattr(data.scalars, kind).data) if kind is not None else []
