@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from server.domain import Filters, Hit
 from server.errors import DependencyTimeout
-from server.observability import BATCH_SIZE, DependencyCall, latest_dependency_call
+from server.observability import BATCH_SIZE, DependencyCall, labelled, latest_dependency_call
 from server.pipeline.common import Encoders, Searcher
 
 Key = TypeVar("Key", bound=Hashable)
@@ -85,7 +85,7 @@ class Coalescer(Generic[Key, Call, Result]):
         queue = self._queues[key]
         while self._in_flight[key] < self.max_in_flight and (batch := self._next_batch(queue)):
             self._in_flight[key] += 1
-            BATCH_SIZE.labels(self.name).observe(len(batch))
+            labelled(BATCH_SIZE, self.name).observe(len(batch))
             task = asyncio.create_task(self._run(key, batch))
             self._tasks.add(task)  # keep a reference until it finishes
             task.add_done_callback(functools.partial(self._finished, key))  # also when cancelled before it ran
@@ -237,9 +237,8 @@ class BatchedEncoders:
         return await self._texts.submit(text_field, _Texts(texts, deadline), deadline)
 
     async def _run_users(self, _key: str, calls: list[_Users]) -> list[Vectors]:
-        width = max(c.mask.shape[1] for c in calls)
-        history = np.concatenate([_pad(c.history, width) for c in calls])
-        mask = np.concatenate([_pad(c.mask, width) for c in calls])
+        history = _padded_rows([c.history for c in calls])
+        mask = _padded_rows([c.mask for c in calls])
         return _split(await self.encoders.encode_users(history, mask, _time_left(calls)), [len(c.mask) for c in calls])
 
     async def _run_texts(self, text_field: str, calls: list[_Texts]) -> list[Vectors]:
@@ -248,10 +247,19 @@ class BatchedEncoders:
         return _split(vectors, [len(c.texts) for c in calls])
 
 
-def _pad(array: NDArray[Scalar], width: int) -> NDArray[Scalar]:
-    """Zero-pad dim 1 (history length) to `width`; masked slots never change a user vector."""
-    padding = [(0, 0), (0, width - array.shape[1])] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, padding)
+def _padded_rows(arrays: list[NDArray[Scalar]]) -> NDArray[Scalar]:
+    """The arrays' rows as one array (one copy), dim 1 (history length) zero-padded to the widest;
+    masked slots never change a user vector."""
+    if len(arrays) == 1:
+        return arrays[0]
+    first = arrays[0]
+    width = max(a.shape[1] for a in arrays)
+    rows: NDArray[Scalar] = np.zeros((sum(len(a) for a in arrays), width, *first.shape[2:]), first.dtype)
+    start = 0
+    for array in arrays:
+        rows[start : start + len(array), : array.shape[1]] = array
+        start += len(array)
+    return rows
 
 
 def _split(rows: Vectors, sizes: list[int]) -> list[Vectors]:

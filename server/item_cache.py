@@ -7,29 +7,38 @@ throughput), and a Milvus search that also returns title/category/published cost
 one that returns ids and scores only (the extra retrieve step on sealed segments). So history
 vectors and candidates' display fields come from here; Milvus is asked only for what is missing.
 
-- Bounded: least recently used entries are evicted beyond `capacity` items.
+- Columnar: one contiguous float32 vector matrix plus parallel columns (title, category, published,
+  stored and last-used times) and an id -> row dict, so a lookup is one dict probe per id and one
+  fancy-index per column, with no per-entry objects (a TTL/LRU cache of entry objects cost the gateway
+  ~1.3 ms of CPU per Recommend, profiled).
+- Bounded: beyond `capacity` items the least recently used rows are evicted (on `store`, in chunks).
 - Fresh: this gateway's UpsertItems writes the new entry here and DeleteItems removes it, in the
   same request that writes Milvus, so the next request sees the change. Writes made through
-  *another* gateway replica are picked up when the entry expires (`ttl_s`) or is evicted.
+  *another* gateway replica are picked up when the entry expires (`ttl_s` after it was stored: a
+  lookup then reports it missing) or is evicted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cachetools import TLRUCache
 from numpy.typing import NDArray
 
-from server.observability import ITEM_CACHE
+from server.observability import ITEM_CACHE, labelled
 
 FIELDS = ("vector", "title", "category", "published")
+EVICTION_CHUNK = 64  # a full cache evicts at least capacity / EVICTION_CHUNK rows at once
+Strings = NDArray[np.object_]
 
 
 @dataclass(frozen=True, slots=True)
 class CachedNews:
+    """One entry to store."""
+
     vector: NDArray[np.float32]
     title: str
     category: str
@@ -46,34 +55,155 @@ class CachedNews:
         )
 
 
-class ItemCache:
-    def __init__(self, capacity: int, ttl_s: float) -> None:
-        self._cache: TLRUCache[str, CachedNews] = TLRUCache(maxsize=capacity, ttu=lambda _k, _v, now: now + ttl_s)
+@dataclass(frozen=True)
+class NewsBatch:
+    """News entries as columns: row i of each column belongs to `ids[i]`."""
+
+    ids: list[str]
+    vectors: NDArray[np.float32]  # [n, D]
+    titles: Strings
+    categories: Strings
+    published: NDArray[np.int64]
+    positions: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", {item_id: i for i, item_id in enumerate(self.ids)})
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self.ids)
 
-    def lookup(self, ids: Iterable[str]) -> tuple[dict[str, CachedNews], list[str]]:
-        """(entries found by id, ids not in memory)."""
-        found: dict[str, CachedNews] = {}
-        missing: list[str] = []
-        for item_id in ids:
-            entry = self._cache.get(item_id)
-            if entry is None:
-                missing.append(item_id)
-            else:
-                found[item_id] = entry
-        ITEM_CACHE.labels("hit").inc(len(found))
-        ITEM_CACHE.labels("miss").inc(len(missing))
-        return found, missing
+    @classmethod
+    def from_entries(cls, entries: Mapping[str, CachedNews]) -> NewsBatch:
+        values = list(entries.values())
+        return cls(
+            list(entries),
+            np.stack([e.vector for e in values]) if values else np.zeros((0, 0), np.float32),
+            _strings(e.title for e in values),
+            _strings(e.category for e in values),
+            np.array([e.published for e in values], dtype=np.int64),
+        )
+
+    def concat(self, other: NewsBatch) -> NewsBatch:
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        return NewsBatch(
+            self.ids + other.ids,
+            np.concatenate([self.vectors, other.vectors]),
+            np.concatenate([self.titles, other.titles]),
+            np.concatenate([self.categories, other.categories]),
+            np.concatenate([self.published, other.published]),
+        )
+
+
+class ItemCache:
+    def __init__(self, capacity: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity, self.ttl_s, self._clock = capacity, ttl_s, clock
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+        self._ids: Strings = _strings(())
+        self._vectors: NDArray[np.float32] = np.zeros((0, 0), np.float32)
+        self._titles: Strings = _strings(())
+        self._categories: Strings = _strings(())
+        self._published: NDArray[np.int64] = np.zeros(0, np.int64)
+        self._stored: NDArray[np.float64] = np.zeros(0)  # clock() when written
+        self._used: NDArray[np.float64] = np.zeros(0)  # clock() when last found by a lookup
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def lookup(self, ids: Sequence[str]) -> tuple[NewsBatch, list[str]]:
+        """(the fresh entries found, in `ids` order; ids not in memory or expired)."""
+        rows = np.array([self._rows.get(item_id, -1) for item_id in ids], dtype=np.intp)
+        now = self._clock()
+        found = rows >= 0
+        found[found] = self._stored[rows[found]] > now - self.ttl_s
+        hit_rows = rows[found]
+        self._used[hit_rows] = now
+        missing = [ids[i] for i in np.flatnonzero(~found)]
+        labelled(ITEM_CACHE, "hit").inc(len(hit_rows))
+        labelled(ITEM_CACHE, "miss").inc(len(missing))
+        batch = NewsBatch(
+            [ids[i] for i in np.flatnonzero(found)] if missing else list(ids),
+            self._vectors[hit_rows],
+            self._titles[hit_rows],
+            self._categories[hit_rows],
+            self._published[hit_rows],
+        )
+        return batch, missing
 
     def store(self, entries: Mapping[str, CachedNews]) -> None:
+        now = self._clock()
         for item_id, entry in entries.items():
-            self._cache[item_id] = entry
+            row = self._rows.get(item_id)
+            if row is None:
+                row = self._allocate(item_id, entry.vector.shape[-1])
+                if row is None:
+                    return
+            self._vectors[row] = entry.vector
+            self._titles[row], self._categories[row] = entry.title, entry.category
+            self._published[row] = entry.published
+            self._stored[row] = self._used[row] = now
 
     def forget(self, ids: Iterable[str]) -> None:
         for item_id in ids:
-            self._cache.pop(item_id, None)
+            row = self._rows.pop(item_id, None)
+            if row is not None:
+                self._free.append(row)
 
     def has_room(self) -> bool:
-        return len(self._cache) < self._cache.maxsize
+        return len(self._rows) < self.capacity
+
+    def _allocate(self, item_id: str, dim: int) -> int | None:
+        """A row for a new id (None when the capacity is 0): a free one, a new one, or an evicted one."""
+        if not self.capacity:
+            return None
+        if not self._free:
+            if len(self._rows) >= self.capacity:
+                self._evict()
+            else:
+                self._grow(dim)
+        row = self._free.pop()
+        self._rows[item_id] = row
+        self._ids[row] = item_id
+        return row
+
+    def _grow(self, dim: int) -> None:
+        """Double the columns (up to capacity) and free the new rows."""
+        size = len(self._stored)
+        new_size = min(self.capacity, max(2 * size, 16))
+        if size and self._vectors.shape[1] != dim:
+            raise ValueError(f"vector dim {dim} differs from the cached ones' {self._vectors.shape[1]}")
+        vectors = np.zeros((new_size, dim), np.float32)
+        if size:
+            vectors[:size] = self._vectors
+        self._vectors = vectors
+        self._ids, self._titles, self._categories = (
+            _resized(c, new_size) for c in (self._ids, self._titles, self._categories)
+        )
+        self._published = _resized(self._published, new_size)
+        self._stored, self._used = _resized(self._stored, new_size), _resized(self._used, new_size)
+        self._free.extend(range(new_size - 1, size - 1, -1))
+
+    def _evict(self) -> None:
+        """Free the least recently used rows (a chunk, so a full cache does not sort on every store)."""
+        count = max(1, self.capacity // EVICTION_CHUNK)
+        for row in np.argpartition(self._used, count - 1)[:count]:
+            del self._rows[self._ids[row]]
+            self._free.append(int(row))
+
+
+def _strings(values: Iterable[str]) -> Strings:
+    """A column of Python strings (a NumPy object array, so it can be fancy-indexed)."""
+    items = list(values)
+    column = np.empty(len(items), dtype=object)
+    column[:] = items
+    return column
+
+
+def _resized(column: NDArray[Any], size: int) -> NDArray[Any]:
+    """`column` zero-extended (or "" for strings) to `size` rows."""
+    grown = np.full(size, "", dtype=object) if column.dtype == object else np.zeros(size, dtype=column.dtype)
+    grown[: len(column)] = column
+    return grown

@@ -176,7 +176,7 @@ class RequestValidator:
         if required and not value:
             raise InvalidArgument(field, "must not be empty")
         self._fits_bytes(value, field, self.limits.max_id_bytes)
-        if any(ch.isspace() or not ch.isprintable() for ch in value):
+        if not value.isprintable() or " " in value:  # the only printable whitespace is the ASCII space
             raise InvalidArgument(field, "must not contain whitespace or control characters")
         return value
 
@@ -192,7 +192,7 @@ class RequestValidator:
         if required and not value:
             raise InvalidArgument(field, "must not be empty")
         self._fits_bytes(value, field, self.limits.max_category_bytes)
-        if any(not ch.isprintable() for ch in value):
+        if not value.isprintable():
             raise InvalidArgument(field, "must not contain control characters")
         return value
 

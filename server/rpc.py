@@ -30,7 +30,7 @@ from server.errors import (
     NotFound,
     Overloaded,
 )
-from server.observability import INFLIGHT, RPC_SECONDS, call_ledger
+from server.observability import INFLIGHT, RPC_SECONDS, call_ledger, labelled
 
 log = structlog.get_logger("recstack.rpc")
 
@@ -62,7 +62,8 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
     ended OK, and turn errors into a status."""
     code = grpc.StatusCode.OK
     started = time.perf_counter()
-    INFLIGHT.labels(method).inc()
+    inflight = labelled(INFLIGHT, method)
+    inflight.inc()
     with call_ledger() as ledger:
         try:
             yield
@@ -83,8 +84,8 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
             log.exception("rpc_crashed", method=method)
             await context.abort(code, f"internal error in {method}")
         finally:
-            INFLIGHT.labels(method).dec()
-            RPC_SECONDS.labels(method, code.name).observe(time.perf_counter() - started)
+            inflight.dec()
+            labelled(RPC_SECONDS, method, code.name).observe(time.perf_counter() - started)
             ledger.close(ok=code == grpc.StatusCode.OK)
 
 

@@ -7,6 +7,11 @@ call on this machine) to every Search and to every title encoded by Recommend an
 
 Every call carries a deadline; Triton's gRPC errors become `server.errors` in one place (`_infer`).
 The underlying gRPC channel reconnects by itself, so calls succeed again once Triton is back.
+
+Inference goes through the KServe v2 service stub directly (`ModelInferRequest` with `raw_input_contents`
+from the NumPy buffers, the embedding read with `np.frombuffer` from `raw_output_contents`): tritonclient's
+`infer` builds `InferInput`/`InferResult` objects and copies every tensor once more on each call. Metadata
+and readiness (not on the request path) stay with tritonclient's client, over the same credentials.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import grpc
 import numpy as np
 import tritonclient.grpc.aio as triton_aio
 from numpy.typing import NDArray
-from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc.aio import MAX_GRPC_MESSAGE_SIZE
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
 
 import contract
 from contract import layout
@@ -37,13 +43,10 @@ class TritonEncoders:
             raise ValueError(f"no tokenizer for text fields {sorted(missing)}")
         self.settings = settings
         self.tokenizers = tokenizers
-        self._client = triton_aio.InferenceServerClient(
-            settings.url,
-            ssl=settings.ssl,
-            root_certificates=_path(settings.ssl_root_certificates),
-            private_key=_path(settings.ssl_private_key),
-            certificate_chain=_path(settings.ssl_certificate_chain),
-        )
+        credentials = _credentials(settings)
+        self._client = triton_aio.InferenceServerClient(settings.url, creds=credentials)
+        self._channel = _channel(settings.url, credentials)
+        self._infer_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._models = {
             contract.TITLE: settings.news_encoder,
             contract.QUERY: settings.query_encoder,
@@ -91,7 +94,7 @@ class TritonEncoders:
             try:
                 metadata = await self._client.get_model_metadata(model, client_timeout=self.settings.timeout_s)
             except InferenceServerException as error:
-                raise _mapped(model, error) from error
+                raise _mapped(model, error.status() or "", error.message()) from error
             (output,) = (o for o in metadata.outputs if o.name == contract.EMBEDDING)
             dims[model] = int(output.shape[-1])
         return dims
@@ -111,36 +114,52 @@ class TritonEncoders:
 
     async def close(self) -> None:
         await self._client.close()
+        await self._channel.close()
 
     async def _infer(
         self, model: str, inputs: dict[str, NDArray[Any]], timeout_s: float | None, model_version: str = ""
     ) -> NDArray[np.float32]:
-        request = []
+        request = service_pb2.ModelInferRequest(model_name=model, model_version=model_version)
         for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(array)
-            request.append(tensor)
+            request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
+            request.raw_input_contents.append(array.tobytes())
+        request.outputs.add(name=contract.EMBEDDING)
         timeout = min(timeout_s, self.settings.timeout_s) if timeout_s else self.settings.timeout_s
         try:
-            result = await self._client.infer(
-                model,
-                request,
-                model_version=model_version,
-                outputs=[InferRequestedOutput(contract.EMBEDDING)],
-                client_timeout=timeout,
-            )
-        except InferenceServerException as error:
-            raise _mapped(model, error) from error
-        return np.asarray(result.as_numpy(contract.EMBEDDING), dtype=np.float32)
+            response = await self._infer_stub.ModelInfer(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(model, str(error.code()), error.details() or "") from error
+        (output,) = response.outputs
+        embedding = np.frombuffer(response.raw_output_contents[0], dtype=triton_to_np_dtype(output.datatype))
+        return embedding.reshape(tuple(output.shape)).astype(np.float32, copy=False)
 
 
-def _path(path: Path | None) -> str | None:
-    return str(path) if path is not None else None
+def _credentials(settings: TritonSettings) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the settings' PEM files (None: plaintext)."""
+    if not settings.ssl:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.ssl_root_certificates),
+        private_key=_read(settings.ssl_private_key),
+        certificate_chain=_read(settings.ssl_certificate_chain),
+    )
 
 
-def _mapped(model: str, error: InferenceServerException) -> Exception:
-    status = error.status() or ""
-    detail = f"{model}: {error.message()}"
+def _channel(url: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    options = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE)]
+    options.append(("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE))
+    if credentials is None:
+        return grpc.aio.insecure_channel(url, options=options)
+    return grpc.aio.secure_channel(url, credentials, options=options)
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def _mapped(model: str, status: str, message: str) -> Exception:
+    """Triton's gRPC status (as `str(grpc.StatusCode.X)`) and message -> a server error."""
+    detail = f"{model}: {message}"
     if status == str(grpc.StatusCode.DEADLINE_EXCEEDED):
         return DependencyTimeout("triton", detail)
     return DependencyUnavailable("triton", f"{detail} ({status or 'no status'})")

@@ -18,7 +18,7 @@ from pymilvus import MilvusClient
 from devstack.milvus import ETCD_CONFIG, MilvusServer
 from server.config import MilvusSettings
 from server.domain import Filters
-from server.errors import DependencyUnavailable
+from server.errors import DependencyUnavailable, InvalidArgument, NotFound
 from server.milvus import MilvusStore
 
 pytestmark = [pytest.mark.stack, pytest.mark.anyio]
@@ -81,6 +81,47 @@ async def test_category_filters_with_quotes_and_backslashes_match_exactly(store:
     for row in rows:
         hits = await store.search(NEWS, vector[None, :], limit=20, filters=Filters([row["category"]]))
         assert [hit.id for hit in hits[0]] == [row["id"]]
+    await store.delete(NEWS, [row["id"] for row in rows])
+
+
+async def test_search_over_the_generated_stubs_answers_as_the_pymilvus_client(store: MilvusStore) -> None:
+    """On a server URI the store searches over pymilvus's gRPC stubs: same hits, scores and output fields
+    as MilvusClient's search, per query of a batch, with a filter; its errors map as before."""
+    rng = np.random.default_rng(3)
+    rows = [
+        news_row(f"raw-{n}", rng.standard_normal(NEWS_DIM).astype(np.float32), category=f"c{n % 2}", published=n)
+        for n in range(30)
+    ]
+    await store.upsert(NEWS, rows)
+    queries = rng.standard_normal((3, NEWS_DIM)).astype(np.float32)
+    fields = ("title", "category", "published")
+    hits = await store.search(NEWS, queries, limit=5, filters=Filters(["c1"]), output_fields=fields)
+    client = MilvusClient(store.settings.uri)
+    expected = client.search(
+        NEWS,
+        data=list(queries),
+        filter='category in ["c1"]',
+        limit=5,
+        output_fields=list(fields),
+        search_params={"metric_type": "IP", "params": {"ef": max(store.settings.search_ef, 5)}},
+        consistency_level="Strong",
+    )
+    client.create_collection(  # a collection without the filter's field: the server rejects the filter
+        "bare", dimension=NEWS_DIM, id_type="string", max_length=64, metric_type="IP", enable_dynamic_field=False
+    )
+    client.close()
+    assert [[hit.id for hit in row] for row in hits] == [[hit["id"] for hit in row] for row in expected]
+    for row, expected_row in zip(hits, expected, strict=True):
+        assert len(row) == 5 and all(hit.fields["category"] == "c1" for hit in row)
+        assert [hit.score for hit in row] == pytest.approx([hit["distance"] for hit in expected_row])
+        assert [hit.fields for hit in row] == [dict(hit["entity"]) for hit in expected_row]
+    nothing = Filters(["no-such-category"])
+    assert await store.search(NEWS, queries[:1], limit=3, filters=nothing, output_fields=fields) == [[]]
+    with pytest.raises(NotFound):
+        await store.search("missing", queries, limit=3)
+    with pytest.raises(InvalidArgument) as raised:
+        await store.search("bare", queries, limit=3, filters=Filters(["c1"]))
+    assert raised.value.field == "filters"
     await store.delete(NEWS, [row["id"] for row in rows])
 
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -16,9 +17,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 from triton_fixtures import CONTRACT_SPECS, SPECS, VOCAB, export_tiny_model, infer_inputs, run_onnx, sample_inputs
 
+import contract
 from contract import QUERY_ENCODER, USER_ENCODER
 from devstack.triton import TritonServer
 from export.triton_repo import TritonOptions, write_repository
+from server.config import TritonSettings
+from server.errors import DependencyTimeout, DependencyUnavailable
+from server.triton import TritonEncoders
 
 pytestmark = pytest.mark.stack
 
@@ -245,3 +250,29 @@ def test_hot_swap_to_a_new_version_drops_no_request(served: Served, tmp_path: Pa
     assert all(
         np.allclose(a, expected_1, rtol=0, atol=1e-5) or np.allclose(a, expected_2, rtol=0, atol=1e-5) for a in answers
     )
+
+
+def test_the_gateways_raw_infer_matches_onnxruntime_and_maps_errors(served: Served) -> None:
+    """TritonEncoders sends raw_input_contents and reads raw_output_contents: same answer as onnxruntime;
+    an unknown model is UNAVAILABLE (DependencyUnavailable) naming the model, a spent deadline a timeout."""
+    spec = SPECS[USER_ENCODER]
+    arrays = sample_inputs(spec, batch=3, length=5, rng=np.random.default_rng(5))
+    history, mask = arrays[contract.HISTORY], arrays[contract.HISTORY_MASK]
+    tokenizers: Any = dict.fromkeys(contract.TEXT_FIELDS)  # only the user encoder is called
+
+    async def run() -> None:
+        encoders = TritonEncoders(TritonSettings(url=served.server.grpc_url, timeout_s=TIMEOUT_S), tokenizers)
+        missing = TritonEncoders(TritonSettings(url=served.server.grpc_url, user_encoder="no-such-model"), tokenizers)
+        try:
+            got = await encoders.encode_users(history, mask)
+            assert got.dtype == np.float32 and got.shape == (3, *spec.output.dims)
+            np.testing.assert_allclose(got, run_onnx(served.onnx[USER_ENCODER], arrays), rtol=0, atol=1e-5)
+            with pytest.raises(DependencyUnavailable, match="no-such-model"):
+                await missing.encode_users(history, mask)
+            with pytest.raises(DependencyTimeout):
+                await encoders.encode_users(history, mask, timeout_s=1e-6)
+        finally:
+            await encoders.close()
+            await missing.close()
+
+    asyncio.run(run())

@@ -12,7 +12,9 @@ Every call has a deadline (`timeout=`, default from settings) over all the RPCs 
 retry loop (75 tries by default) is bounded by the same deadline, and when the server is down its
 reconnect attempt fails at once, so such a call fails in milliseconds. Errors map in
 `server.milvus.errors`, arguments are checked in `server.milvus.arguments`, filters are compiled in
-`server.milvus.expressions`, schemas come from `server.milvus.schema`.
+`server.milvus.expressions`, schemas come from `server.milvus.schema`. On a server URI, `search` (the
+request path's call) goes over pymilvus's generated stubs instead (`server.milvus.raw_search`): same
+request, no per-hit objects; Lite has no gRPC server and keeps the client's search.
 
 Read-your-writes, designed for Milvus 2.3.5 (shared PLAYBOOK): writes wait, reads don't.
   `upsert` and `delete` return once the write is visible: after the mutation they run one
@@ -52,6 +54,7 @@ from server.milvus import lite
 from server.milvus.arguments import check_fields, check_limit, check_rows, query_vectors, unique_ids
 from server.milvus.errors import guarded
 from server.milvus.expressions import EVERY_ROW, after_id_expression, filter_expression, ids_expression
+from server.milvus.raw_search import RawSearch
 from server.milvus.schema import METRIC, CollectionSpec, HnswParams, Layout, ensure_collection
 
 T = TypeVar("T")
@@ -68,6 +71,7 @@ class MilvusStore:
     _client: AsyncMilvusClient = field(init=False, repr=False)
     _layouts: dict[str, Layout] = field(default_factory=dict, init=False, repr=False)
     _ensured: tuple[str, ...] = field(default=(), init=False, repr=False)
+    _raw: RawSearch | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         lite.prepare(self.settings.uri)
@@ -194,13 +198,17 @@ class MilvusStore:
         layout = await self._layout(collection, timeout)
         queries = query_vectors(vectors, layout.dim)
         check_fields(fields, layout.fields, collection, "output_fields")
+        params = {"ef": max(self.settings.search_ef, limit)}
+        if not self.is_lite:
+            raw = self._raw or self._open_raw_search()
+            return await raw.search(collection, queries, limit, expression, fields, params, METRIC, timeout)
         result = await self._client.search(
             collection,
             data=queries,
             filter=expression,
             limit=limit,
             output_fields=fields,
-            search_params={"metric_type": METRIC, "params": {"ef": max(self.settings.search_ef, limit)}},
+            search_params={"metric_type": METRIC, "params": params},
             consistency_level="Bounded",
             timeout=timeout,
         )
@@ -332,6 +340,8 @@ class MilvusStore:
     async def close(self) -> None:
         """Close the connection; for Milvus Lite also stop its in-process server so the file is released."""
         await self._client.close()
+        if self._raw is not None:
+            await self._raw.close()
         lite.release(self.settings.uri)
 
     async def __aenter__(self) -> MilvusStore:
@@ -341,6 +351,11 @@ class MilvusStore:
         await self.close()
 
     # ---- helpers -----------------------------------------------------------------------------------
+
+    def _open_raw_search(self) -> RawSearch:
+        """The stub-based search's channel, opened on first use (in the event loop that uses it)."""
+        self._raw = RawSearch(**self.connection)
+        return self._raw
 
     async def _layout(self, collection: str, timeout: float) -> Layout:
         if collection not in self._layouts:

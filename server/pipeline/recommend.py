@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from contract.schemas import MAX_RESULT_ROWS
 from server.domain import HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
-from server.item_cache import CachedNews, ItemCache
+from server.item_cache import CachedNews, ItemCache, NewsBatch
 from server.pipeline.common import CatalogClock, Encoders, Item, RequestContext, Searcher, VectorIndex, first_row
 
 NEWS_FIELDS = ("title", "category", "published")
@@ -69,15 +69,15 @@ class CatalogView:
     def __init__(self, cache: ItemCache, store: VectorIndex, collection: str) -> None:
         self.cache, self.store, self.collection = cache, store, collection
 
-    async def entries(self, ids: Sequence[str], stage: str, ctx: RequestContext) -> dict[str, CachedNews]:
+    async def entries(self, ids: Sequence[str], stage: str, ctx: RequestContext) -> NewsBatch:
         found, missing = self.cache.lookup(ids)
-        if missing:
-            with ctx.timer.stage(stage):
-                rows = await self.store.get(self.collection, missing, CACHED_FIELDS, ctx.remaining("milvus"))
-            fetched = {item_id: CachedNews.from_row(row) for item_id, row in rows.items()}
-            self.cache.store(fetched)
-            found.update(fetched)
-        return found
+        if not missing:
+            return found
+        with ctx.timer.stage(stage):
+            rows = await self.store.get(self.collection, missing, CACHED_FIELDS, ctx.remaining("milvus"))
+        fetched = {item_id: CachedNews.from_row(row) for item_id, row in rows.items()}
+        self.cache.store(fetched)
+        return found.concat(NewsBatch.from_entries(fetched))
 
 
 class HistoryVectors:
@@ -90,31 +90,32 @@ class HistoryVectors:
         seen = {e.item_id for e in entries if e.item_id}
         recent = [e for e in entries if e.item_id or e.title][-self.max_history :]
         known = await self.catalog.entries(sorted({e.item_id for e in recent if e.item_id}), "milvus.get_history", ctx)
-        vectors: list[NDArray[np.float32] | None] = [
-            known[e.item_id].vector if e.item_id in known else None for e in recent
-        ]
-        untitled = [i for i, e in enumerate(recent) if vectors[i] is None and e.title]
-        if untitled:  # ids the catalog does not know, but with a title: encode the title
-            with ctx.timer.stage("triton.news_encoder"):
-                encoded = await self.encoders.encode_texts(
-                    "title", [recent[i].title for i in untitled], ctx.remaining("triton")
-                )
-            for i, vector in zip(untitled, encoded, strict=True):
-                vectors[i] = vector
-        used = [v for v in vectors if v is not None]
-        used_entries = [e for e, v in zip(recent, vectors, strict=True) if v is not None and e.item_id]
-        return History(
-            np.stack(used) if used else np.zeros((0, 0), np.float32),
-            seen,
-            [self._described(e, known.get(e.item_id)) for e in used_entries],
-        )
+        positions = known.positions
+        rows = [positions.get(e.item_id, -1) for e in recent]
+        usable = [i for i, e in enumerate(recent) if rows[i] >= 0 or e.title]  # the rest: unknown, untitled
+        if not usable:
+            return History(np.zeros((0, 0), np.float32), seen)
+        used = [self._described(recent[i], known, rows[i]) for i in usable if recent[i].item_id]
+        used_rows = np.array([rows[i] for i in usable], dtype=np.intp)
+        untitled = [recent[i].title for i, row in zip(usable, used_rows, strict=True) if row < 0]
+        if not untitled:
+            return History(known.vectors[used_rows], seen, used)
+        # ids the catalog does not know, but with a title: encode the title
+        with ctx.timer.stage("triton.news_encoder"):
+            encoded = await self.encoders.encode_texts("title", untitled, ctx.remaining("triton"))
+        vectors = np.empty((len(usable), encoded.shape[1]), np.float32)
+        from_catalog = used_rows >= 0
+        if from_catalog.any():
+            vectors[from_catalog] = known.vectors[used_rows[from_catalog]]
+        vectors[~from_catalog] = encoded
+        return History(vectors, seen, used)
 
     @staticmethod
-    def _described(entry: HistoryEntry, known: CachedNews | None) -> Item:
-        """A used history entry as an item, described by the catalog, else by the request's title."""
-        if known is None:
+    def _described(entry: HistoryEntry, known: NewsBatch, row: int) -> Item:
+        """A used history entry as an item (for the feedback log), described by the catalog, else by its title."""
+        if row < 0:
             return Item(entry.item_id, 0.0, entry.title)
-        return Item(entry.item_id, 0.0, known.title, known.category, known.published)
+        return Item(entry.item_id, 0.0, str(known.titles[row]), str(known.categories[row]), int(known.published[row]))
 
 
 class UserVector:
@@ -144,10 +145,12 @@ class AnnCandidates:
                 self.catalog.collection, state.user[None], limit, state.query.filters, (), ctx.remaining("milvus")
             )
         entries = await self.catalog.entries([hit.id for hit in hits], "milvus.get_candidates", ctx)
+        positions, titles, categories = entries.positions, entries.titles, entries.categories
+        published, vectors = entries.published.tolist(), entries.vectors
         return [
-            Item(hit.id, hit.score, entry.title, entry.category, entry.published, vector=entry.vector)
+            Item(hit.id, hit.score, titles[i], categories[i], published[i], vector=vectors[i])
             for hit in hits
-            if (entry := entries.get(hit.id)) is not None  # deleted between search and lookup
+            if (i := positions.get(hit.id)) is not None  # deleted between search and lookup
         ]
 
 
