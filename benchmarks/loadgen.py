@@ -1,8 +1,8 @@
 """Load generator for the `recstack.v1.Gateway` gRPC API (the real gateway or any server of the same proto).
 
 Two modes:
-- closed loop (`concurrency=N`): N workers, each sends its next request when the previous one answered;
-  latency = answer time − send time.
+- closed loop (`concurrency=N`): N workers, each sends its next request when the previous one answered
+  (after the server's retry pushback, when a rejection carried one); latency = answer time − send time.
 - open loop (`rate=R` req/s): request i is due at a fixed intended time (start + i/R) whatever the server
   does, and its latency is measured FROM THE INTENDED SEND TIME, so a server that falls behind shows the
   queueing it causes (no coordinated omission). At most `max_in_flight` requests are pending; a due
@@ -13,8 +13,9 @@ Warm-up requests (intended/sent during the first `warmup_s`) run but are not rec
 window is `duration_s` long: requests that start in it are recorded (those still in flight at its end
 are awaited, each bounded by the deadline). Throughput = OK requests / `duration_s`. Latency
 percentiles cover OK requests; failures are counted by gRPC status code name (a client-side failure as
-`CLIENT_<exception>`). From the server's own `timings` each stage gets p50/p99, and the gateway overhead is
-(answer time − actual send time) − the sum of the stages, per request. Answer streams also record time to
+`CLIENT_<exception>`), with their own latency percentiles per code. From the server's own `timings` each
+stage gets p50/p99, and the gateway overhead is (answer time − actual send time) − the sum of the stages,
+per request. Answer streams also record time to
 first token (from the first token chunk) and tokens/s between the first and last token; their stages are
 AnswerDone's retrieval_ms, time_to_first_token_ms and total_ms, and their overhead is measured against total_ms.
 
@@ -57,6 +58,7 @@ from contract import layout
 from contract.channel import TOKEN_ENV, ClientSecurity
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
+from server.rpc import RETRY_PUSHBACK_KEY
 
 MAX_DURATION_S = 3600.0
 MAX_WARMUP_S = 600.0
@@ -142,6 +144,7 @@ class Reply:
     last_token: float | None = None
     tokens: int = 0
     detail: str = ""  # the error message of a failed call
+    pushback_s: float | None = None  # a rejection's retry pushback (grpc-retry-pushback-ms), when it gave one
 
 
 class GatewayClient:
@@ -179,7 +182,8 @@ class GatewayClient:
             stages = [(timing.stage, timing.ms) for timing in response.timings]
             return Reply(OK, finished, stages=stages, server_ms=sum(ms for _, ms in stages) if stages else None)
         except grpc.aio.AioRpcError as error:
-            return Reply(error.code().name, time.perf_counter(), detail=error.details() or "")
+            finished = time.perf_counter()
+            return Reply(error.code().name, finished, detail=error.details() or "", pushback_s=retry_pushback_s(error))
         except Exception as error:  # a client-side failure still counts, visibly, by its type
             return Reply(f"CLIENT_{type(error).__name__}", time.perf_counter(), detail=str(error))
 
@@ -208,6 +212,17 @@ class GatewayClient:
         return Reply(
             OK, finished, stages=stages, server_ms=done.total_ms, first_token=first, last_token=last, tokens=tokens
         )
+
+
+def retry_pushback_s(error: grpc.aio.AioRpcError) -> float | None:
+    """The server's retry pushback in seconds (gRFC A6 trailing metadata); None without one or when it says
+    "do not retry" (a negative value)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_PUSHBACK_KEY:
+            with contextlib.suppress(ValueError):
+                milliseconds = int(value)
+                return milliseconds / 1000.0 if milliseconds >= 0 else None
+    return None
 
 
 class LoadRun:
@@ -243,7 +258,9 @@ class LoadRun:
         async def worker() -> None:
             while time.perf_counter() < end:
                 rpc, request = next(self.stream)
-                await self._issue(rpc, request)
+                reply = await self._issue(rpc, request)
+                if reply.pushback_s:  # a well-behaved client waits as long as the server asked before its next call
+                    await asyncio.sleep(min(reply.pushback_s, max(0.0, end - time.perf_counter())))
 
         async with asyncio.TaskGroup() as workers:
             for _ in range(concurrency):
@@ -273,8 +290,8 @@ class LoadRun:
                         self.result.late += 1
                 requests.create_task(self._issue(rpc, request, intended))
 
-    async def _issue(self, rpc: Rpc, request: Message, intended: float | None = None) -> None:
-        """Send and record; `intended` is the open loop's due time (closed loop: the send time)."""
+    async def _issue(self, rpc: Rpc, request: Message, intended: float | None = None) -> Reply:
+        """Send, record and return the reply; `intended` is the open loop's due time (closed loop: the send time)."""
         sent = time.perf_counter()
         intended = sent if intended is None else intended
         self.in_flight += 1
@@ -284,16 +301,17 @@ class LoadRun:
             self.in_flight -= 1
         if intended >= self.measure_from:
             self._record(rpc, intended, sent, reply)
+        return reply
 
     def _record(self, rpc: Rpc, intended: float, sent: float, reply: Reply) -> None:
         recorders = [self.result.overall]
         if len(self.config.mix) > 1:
             recorders.append(self.result.recorder(rpc))
+        latency_ms = (reply.finished - intended) * 1000.0
         if reply.code != OK:
             for recorder in recorders:
-                recorder.record_error(reply.code, reply.detail)
+                recorder.record_error(reply.code, reply.detail, latency_ms)
             return
-        latency_ms = (reply.finished - intended) * 1000.0
         overhead_ms = None
         if reply.server_ms is not None:
             overhead_ms = (reply.finished - sent) * 1000.0 - reply.server_ms

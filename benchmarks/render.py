@@ -34,6 +34,7 @@ def render_markdown(suite: dict) -> str:
         cpu_section(suite),
         overhead_section(suite),
         answer_section(suite),
+        overload_section(suite),
         open_loop_section(suite),
         scale_section(suite),
         recall_section(suite),
@@ -170,6 +171,26 @@ def answer_section(suite: dict) -> str:
     row += [number(s.get("tokens_per_s_p50"), 1), number(s["p50_ms"], 1)]
     headers = ["answers", "errors", "TTFT p50 (ms)", "TTFT p99 (ms)", "tokens/s p50", "total p50 (ms)"]
     return "## Answer (local LLM), sequential\n\n" + table(headers, [row])
+
+
+def overload_section(suite: dict) -> str:
+    """The overload scenario: capacity, twice it offered, what came back (benchmarks/report.py overload_result)."""
+    o = suite.get("overload")
+    if not o:
+        return ""
+    codes = ", ".join(f"{code} {count}" for code, count in o["codes"].items())
+    row = [number(o["capacity_rps"], 1), number(o["offered_rps"], 1), number(o["goodput_rps"], 1)]
+    row += [number(o["goodput_ratio"], 3), number(o["shed_p99_ms"]), number(o["admitted_p99_ms"]), codes]
+    headers = ["capacity req/s", "offered req/s", "goodput req/s", "goodput / capacity", "shed p99 (ms)"]
+    headers += ["admitted p99 (ms)", "codes"]
+    counters = ", ".join(f"{name} {value}" for name, value in o.get("gateway_counters", {}).items())
+    cores = ", ".join(f"{group} {value:.2f}" for group, value in o.get("cpu_cores", {}).items())
+    intro = (
+        "Recommend: capacity = closed loop at c16 (OK answers/s); then an open loop at twice it with a 200 ms "
+        "deadline. Shed = RESOURCE_EXHAUSTED answers, admitted = OK ones; latency from the intended send time.\n\n"
+    )
+    outro = f"\n\nGateway counters over the overloaded window: {counters or '–'}. CPU cores used: {cores or '–'}."
+    return "## Overload (twice the capacity)\n\n" + intro + table(headers, [row]) + outro
 
 
 def open_loop_section(suite: dict) -> str:

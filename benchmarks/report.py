@@ -14,8 +14,15 @@ Ratios (all ours / reference, from sides measured in the same run):
   [naive:]<rpc>@c1.p50_growth_<smallest>_to_<largest>
                                p50 on the largest synthetic catalog / on the smallest
   gateway.error_rate           failed / sent requests of the gateway's closed-loop scenarios
+  <rpc>@c8.gateway_cpu_vs_echo gateway CPU ms per request / echo server CPU ms per request at concurrency 8
+  overload.goodput_ratio       OK requests/s at twice the capacity / the capacity (`overload_result`)
 (with `<catalog>/` in front for the synthetic catalogs). Budgets (benchmarks/budgets.yaml) bound ratios
 only, never absolute milliseconds: both sides of a ratio ran on the same machine, alternating.
+
+Overload (`overload_result`, the suite's "overload" key): the gateway's Recommend capacity measured
+closed loop (`OVERLOAD_CAPACITY_LOAD`), then an open loop at twice that rate with a short deadline;
+goodput = OK requests/s, shed = the RESOURCE_EXHAUSTED answers (their latency: how fast a rejection
+came back), admitted = the OK ones.
 
 CPU per request (`cpu_ms_per_request`): at concurrency 8, each process group's CPU milliseconds per
 request over the windows of the side it serves (gateway, triton, milvus: the gateway's; naive; echo).
@@ -39,6 +46,11 @@ DEMO = "demo"
 RPCS = ("recommend", "search")
 P99_BOUND_MS = 30.0  # the open loop's "throughput at a p99 bound"
 CPU_LOAD = "c8"
+OK = "OK"
+SHED = "RESOURCE_EXHAUSTED"
+OVERLOAD_CAPACITY_LOAD = "c16"  # closed loop, enough requests in flight to saturate the demo stack
+OVERLOAD_FACTOR = 2.0  # offered rate / capacity
+OVERLOAD_DEADLINE_MS = 200.0
 # Each process group of `cpu_ms_per_request` and the side whose windows it is read from.
 CPU_GROUP_SIDES = {"gateway": GATEWAY, "triton": GATEWAY, "milvus": GATEWAY, "naive": NAIVE, "echo": ECHO}
 
@@ -121,9 +133,34 @@ def cpu_ms_per_request(scenarios: Mapping[str, dict]) -> dict[str, dict[str, flo
     }
 
 
-def derive_ratios(scenarios: Mapping[str, dict]) -> dict[str, float]:
-    """Every ratio the measured scenarios allow (see the module docstring); unmeasurable ones are left out."""
+def overload_result(capacity: dict, overloaded: dict) -> dict:
+    """The suite's "overload" key from the capacity scenario (closed loop) and the overloaded one (open loop,
+    `error_latency_ms` per code): capacity, offered and goodput rates, their ratio, shed and admitted p99,
+    every status code's count, and the share of codes other than OK and RESOURCE_EXHAUSTED."""
+    requests, ok, errors = overloaded["requests"], overloaded["ok"], overloaded["errors"]
+    shed_latency = overloaded.get("error_latency_ms", {}).get(SHED, {})
+    capacity_rps, goodput_rps = capacity["qps"], overloaded["qps"]
+    unexpected = requests - ok - errors.get(SHED, 0)
+    return {
+        "capacity_rps": capacity_rps,
+        "offered_rps": overloaded["rate"],
+        "goodput_rps": goodput_rps,
+        "goodput_ratio": ratio(goodput_rps, capacity_rps),
+        "shed_p99_ms": shed_latency.get("p99_ms"),
+        "admitted_p99_ms": overloaded["p99_ms"] if ok else None,
+        "codes": {OK: ok, **errors},
+        "unexpected_code_ratio": round(unexpected / requests, 6) if requests else None,
+    }
+
+
+def derive_ratios(scenarios: Mapping[str, dict], overload: dict | None = None) -> dict[str, float]:
+    """Every ratio the measured scenarios (and the overload result) allow (see the module docstring);
+    unmeasurable ones are left out."""
     ratios: dict[str, float | None] = {}
+    if overload:
+        ratios["overload.goodput_ratio"] = overload.get("goodput_ratio")
+    for rpc, groups in cpu_ms_per_request(scenarios).items():
+        ratios[f"{rpc}.gateway_cpu_vs_echo"] = ratio(groups[GATEWAY], groups[ECHO])
     for catalog in (DEMO, *catalogs(scenarios)):
         prefix = "" if catalog == DEMO else f"{catalog}/"
 
@@ -209,6 +246,10 @@ TARGETS = (
     Target("ANN recall@10, real news vectors", entry("recall", "news", "recall"), 0.95, True),
     Target("ANN recall@10, real passage vectors", entry("recall", "passages", "recall"), 0.95, True),
     Target("Answer time to first token p50", scenario_metric("answer@c1", "ttft_p50_ms"), 500, unit=" ms"),
+    Target("Overload goodput / capacity (2x offered)", entry("overload", "goodput_ratio"), 0.9, True, "x"),
+    Target("Overload: rejections answered, p99", entry("overload", "shed_p99_ms"), 5, unit=" ms"),
+    Target("Overload: admitted requests, p99", entry("overload", "admitted_p99_ms"), 200, unit=" ms"),
+    Target("Overload: share not OK/RESOURCE_EXHAUSTED", entry("overload", "unexpected_code_ratio"), 0.01),
 )
 
 

@@ -4,6 +4,9 @@ Every latency-like value is in milliseconds, recorded at 1 µs resolution with 3
 (HdrHistogram: a reported percentile is within 0.1% of the exact one). Values are clamped into the
 histogram's range [0, highest]; a negative "overhead" (stage clocks overlapping the client's) counts as 0.
 
+Failed requests' latencies are kept too, per status code (`error_latency_ms`): how fast a shed request
+(RESOURCE_EXHAUSTED) was answered matters as much as how fast an admitted one was.
+
 `ScenarioResult.to_dict()` is the JSON schema documented in benchmarks/README.md.
 """
 
@@ -68,6 +71,7 @@ class Recorder:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)  # the first message seen per code
+    error_latency: dict[str, Histogram] = field(default_factory=dict)  # by status code
     latency: Histogram = field(default_factory=Histogram)
     overhead: Histogram = field(default_factory=Histogram)
     stages: dict[str, Histogram] = field(default_factory=dict)
@@ -97,10 +101,14 @@ class Recorder:
             if answer.tokens_per_s is not None:
                 self.tokens_per_s.record(answer.tokens_per_s)
 
-    def record_error(self, code: str, detail: str = "") -> None:
+    def record_error(self, code: str, detail: str = "", latency_ms: float | None = None) -> None:
         self.requests += 1
         self.errors[code] += 1
         self.error_examples.setdefault(code, detail[:MAX_EXAMPLE_CHARS])
+        if latency_ms is not None:
+            if code not in self.error_latency:
+                self.error_latency[code] = Histogram()
+            self.error_latency[code].record(latency_ms)
 
     def summary(self, duration_s: float) -> dict:
         """Counts, throughput and latency percentiles (OK requests only), stages, overhead, answer timing."""
@@ -123,6 +131,11 @@ class Recorder:
         }
         if self.errors:
             summary["error_examples"] = dict(sorted(self.error_examples.items()))
+        if self.error_latency:
+            summary["error_latency_ms"] = {
+                code: {"p50_ms": rounded(h.percentile(50)), "p99_ms": rounded(h.percentile(99))}
+                for code, h in sorted(self.error_latency.items())
+            }
         if self.overhead.count:
             summary["overhead_p50_ms"] = rounded(self.overhead.percentile(50))
             summary["overhead_p99_ms"] = rounded(self.overhead.percentile(99))

@@ -14,7 +14,9 @@ so machine drift cancels in the ratios. Steps:
    the echo server (benchmarks/echo_server.py: canned answers, the floor).
 3. Demo catalog: ANN recall@10 on the real embeddings (benchmarks/recall.py); Recommend and Search at
    concurrency 1 (gateway, naive, and the gateway's dependency calls made directly,
-   benchmarks/components.py) and 8 (gateway, naive, echo); Answer at concurrency 1 with the local LLM.
+   benchmarks/components.py) and 8 (gateway, naive, echo); Answer at concurrency 1 with the local LLM;
+   overload: the gateway's Recommend capacity (closed loop), then an open loop at twice it with a 200 ms
+   deadline (`measure_overload`; profile "overload" runs only this, without budgets, for tuning).
    Every window here also samples the CPU seconds of each process group (benchmarks/cpu.py): CPU ms
    per request of the gateway, Triton, Milvus, the naive and echo servers and the load generator.
 4. "full" only: an open-loop rate ladder (gateway vs naive), then per synthetic catalog
@@ -75,6 +77,9 @@ from benchmarks.report import (
     ECHO,
     GATEWAY,
     NAIVE,
+    OVERLOAD_CAPACITY_LOAD,
+    OVERLOAD_DEADLINE_MS,
+    OVERLOAD_FACTOR,
     P99_BOUND_MS,
     RPCS,
     check_budgets,
@@ -84,6 +89,7 @@ from benchmarks.report import (
     load_budgets,
     max_rate_within,
     overhead_ms,
+    overload_result,
     scenario_name,
 )
 from benchmarks.scale import SyntheticCatalog, clustered_vectors, load_catalog, release, settle
@@ -132,6 +138,9 @@ class Profile:
     sizes: tuple[int, ...] = ()  # synthetic catalog sizes
     build_inputs: bool = False  # may train one-epoch models when the demo ones are missing
     fresh_state: bool = True  # start from an empty Milvus (False: keep loaded synthetic catalogs)
+    capacity_s: float = 3.0  # overload: measured seconds of the closed-loop capacity window
+    overload_s: float = 10.0  # overload: measured seconds of the open loop at twice the capacity
+    comparisons: bool = True  # False: the overload scenario only, and no budget is checked
 
 
 PROFILES = {
@@ -146,6 +155,11 @@ PROFILES = {
         rates=(25, 50, 100, 200, 300, 400, 600, 800),
         sizes=(10_000, 100_000, 1_000_000),
         fresh_state=False,
+        capacity_s=5.0,
+        overload_s=20.0,
+    ),
+    "overload": Profile(
+        "overload", rounds=1, window_s=1.5, warmup_s=1.0, answer_s=0.0, recommend_cases=500, comparisons=False
     ),
 }
 
@@ -168,6 +182,7 @@ class Collector:
     recall: dict[str, dict] = field(default_factory=dict)
     scale: dict[str, dict] = field(default_factory=dict)
     setup_s: dict[str, float] = field(default_factory=dict)
+    overload: dict = field(default_factory=dict)  # benchmarks/report.py overload_result, and what it came from
 
     def add(self, side: Side, result: ScenarioResult, catalog: str = DEMO, items: int | None = None) -> str:
         load = f"c{result.concurrency}" if result.mode == "closed" else f"r{result.rate:g}"
@@ -251,8 +266,9 @@ def direct_endpoints(calls: dict[str, Client]) -> list[Endpoint]:
 async def measure_demo(
     bench: Bench, stack: LocalStack, naive_target: str, echo_target: str, inputs: Inputs
 ) -> tuple[int, int]:
-    """Recall, Recommend/Search comparisons (the echo server beside them at concurrency 8), Answer, the
-    open-loop ladder; returns (news dim, passage dim)."""
+    """Recall, Recommend/Search comparisons (the echo server beside them at concurrency 8), Answer,
+    overload, the open-loop ladder (only overload when the profile has no comparisons); returns (news dim,
+    passage dim)."""
     settings = MilvusSettings(uri=stack.milvus.uri)
     triton = triton_aio.InferenceServerClient(stack.triton.grpc_url)
     try:
@@ -270,6 +286,9 @@ async def measure_demo(
                 count = bench.profile.recommend_cases
                 recommend = await recommend_cases(deps, inputs.data_dir, news, K, max_history, count)
                 search = await search_cases(deps, inputs.data_dir, inputs.tokenizers, K)
+            if not bench.profile.comparisons:
+                await measure_overload(bench, ours, CaseRequests(recommend, direct=False), stack.metrics_url)
+                return news.vectors.shape[1], passages.vectors.shape[1]
             with bench.collector.timed("recall"):
                 await measure_recall(bench.collector, store, settings, news, passages, recommend, search)
             workloads = (
@@ -285,6 +304,7 @@ async def measure_demo(
                         sides += [bench.side(e, CaseRequests(cases, direct=True), rpc, concurrency=1) for e in direct]
                     await bench.compare(f"{rpc}@c{concurrency}", sides)
             await measure_answer(bench, ours, inputs)
+            await measure_overload(bench, ours, CaseRequests(recommend, direct=False), stack.metrics_url)
             for rpc, cases, _direct in workloads:
                 await measure_open_loop(bench, rpc, CaseRequests(cases, direct=False), [ours, naive])
     finally:
@@ -327,6 +347,70 @@ async def measure_open_loop(bench: Bench, rpc: Rpc, requests: RequestFactory, en
         sides = [bench.side(endpoint, requests, rpc, rate=rate) for endpoint in offered]
         measured = await bench.compare(f"{rpc}@r{rate:g}", sides, rounds=bench.profile.open_loop_rounds)
         offered = [e for e in offered if not saturated(measured[e.name])]
+
+
+async def measure_overload(bench: Bench, ours: Endpoint, requests: RequestFactory, metrics_url: str) -> None:
+    """Recommend's capacity (closed loop, OVERLOAD_CAPACITY_LOAD), then an open loop at OVERLOAD_FACTOR times
+    it with an OVERLOAD_DEADLINE_MS deadline, into `collector.overload` (benchmarks/report.py overload_result)
+    with the gateway's dependency calls and admission rejections counted over the overloaded window."""
+    concurrency = int(OVERLOAD_CAPACITY_LOAD.removeprefix("c"))
+    capacity_side = bench.side(
+        ours, requests, "recommend", concurrency=concurrency, duration_s=bench.profile.capacity_s
+    )
+    capacity = await measure_alone(bench, "overload: capacity", capacity_side)
+    rate = round(OVERLOAD_FACTOR * capacity["qps"], 1)
+    if rate <= 0:
+        raise ValueError(f"overload: no Recommend succeeded at {OVERLOAD_CAPACITY_LOAD}: {capacity['errors']}")
+    overload_side = bench.side(
+        ours, requests, "recommend", rate=rate, deadline_ms=OVERLOAD_DEADLINE_MS, duration_s=bench.profile.overload_s
+    )
+    before = await asyncio.to_thread(gateway_counters, metrics_url)
+    overloaded = await measure_alone(bench, f"overload: {rate:g} req/s", overload_side)
+    after = await asyncio.to_thread(gateway_counters, metrics_url)
+    counted = {name: round(after.get(name, 0.0) - value) for name, value in before.items()} | {
+        name: round(value) for name, value in after.items() if name not in before
+    }
+    cores = {
+        group: round(seconds / bench.profile.overload_s, 3) for group, seconds in overload_side.cpu.seconds.items()
+    }
+    bench.collector.overload = overload_result(capacity, overloaded) | {
+        "gateway_counters": dict(sorted(counted.items())),
+        "cpu_cores": cores,  # CPU seconds per second of each process group during the overloaded window
+        "scenarios": {"capacity": capacity, "overloaded": overloaded},
+    }
+    result = bench.collector.overload
+    bench.console.log(
+        f"overload: capacity {result['capacity_rps']:.0f}/s, offered {rate:g}/s, goodput {result['goodput_rps']:.0f}/s "
+        f"({result['goodput_ratio']}), shed p99 {result['shed_p99_ms']} ms, admitted p99 "
+        f"{result['admitted_p99_ms']} ms, codes {result['codes']}"
+    )
+
+
+async def measure_alone(bench: Bench, title: str, side: Side) -> dict:
+    """One window of one side, not recorded as a scenario: its scenario dict (with CPU when metered)."""
+    with progress_bar(bench.console) as progress:
+        task = progress.add_task(title, total=1)
+        results = await alternate([side], 1, on_window=lambda _side: progress.advance(task))
+    measured = results[side.name].to_dict()
+    if side.cpu_meter is not None:
+        measured["cpu_ms_per_request"] = side.cpu.ms_per_request()
+    return measured
+
+
+GATEWAY_COUNTERS = ("recstack_dependency_calls_total", "recstack_admission_rejected_total")
+
+
+def gateway_counters(metrics_url: str) -> dict[str, float]:
+    """The gateway's GATEWAY_COUNTERS samples, keyed `name{label=value,...}`, from its /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    counters = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in GATEWAY_COUNTERS:
+                labels = ",".join(f"{key}={value}" for key, value in sorted(sample.labels.items()))
+                counters[f"{sample.name}{{{labels}}}"] = sample.value
+    return counters
 
 
 def saturated(scenario: dict) -> bool:
@@ -546,7 +630,7 @@ def build_suite(profile: Profile, collector: Collector, meta: dict, budgets_path
         "profile": profile.name,
         "meta": meta | {"setup_s": collector.setup_s},
         "scenarios": scenarios,
-        "ratios": derive_ratios(scenarios),
+        "ratios": derive_ratios(scenarios, collector.overload),
         "overhead_ms": overhead_ms(scenarios),
         "cpu_ms_per_request": cpu_ms_per_request(scenarios),
         "max_rate": {
@@ -557,8 +641,11 @@ def build_suite(profile: Profile, collector: Collector, meta: dict, budgets_path
         "recall": collector.recall,
         "scale": collector.scale,
     }
+    if collector.overload:
+        suite["overload"] = collector.overload
     suite["targets"] = evaluate_targets(suite)
-    suite["budgets"] = [check.to_dict() for check in check_budgets(suite["ratios"], load_budgets(budgets_path))]
+    budgets = load_budgets(budgets_path) if profile.comparisons else []
+    suite["budgets"] = [check.to_dict() for check in check_budgets(suite["ratios"], budgets)]
     return suite
 
 
@@ -601,7 +688,9 @@ def parse_sizes(text: str) -> tuple[int, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.split("\n")[0])
-    parser.add_argument("profile", choices=sorted(PROFILES), help="ci: short, budgets; full: everything, plots")
+    parser.add_argument(
+        "profile", choices=sorted(PROFILES), help="ci: short, budgets; full: everything, plots; overload: only that"
+    )
     parser.add_argument("--name", help="results file name (default: the profile's name)")
     parser.add_argument("--sizes", type=parse_sizes, help="synthetic catalog sizes, e.g. 10k,100k,1m ('' for none)")
     parser.add_argument("--budgets", type=Path, default=BUDGETS, help="budgets file (%(default)s)")

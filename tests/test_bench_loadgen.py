@@ -22,6 +22,7 @@ from benchmarks.workload import SyntheticRequests, synthetic_ids
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
+from server.rpc import RETRY_PUSHBACK_KEY
 
 WORKLOAD = SyntheticRequests(synthetic_ids("news", 100), synthetic_ids("passage", 100))
 SERVICE_S = 0.02  # the slow fake's service time: 50 requests/s when it serves one at a time
@@ -125,6 +126,30 @@ def test_every_outcome_is_counted_by_status_code():
     assert result["errors"] == dict(fake.answered)
     assert result["error_examples"]["INVALID_ARGUMENT"] == "the fake was told to fail"
     assert result["requests"] == fake.calls
+
+
+class PushbackGateway(pb_grpc.GatewayServicer):
+    """Rejects every Recommend at once with RESOURCE_EXHAUSTED and a retry pushback of `pushback_ms`."""
+
+    def __init__(self, pushback_ms: str) -> None:
+        self.pushback_ms, self.calls = pushback_ms, 0
+
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        self.calls += 1
+        context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, self.pushback_ms),))
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "over the limit")
+
+
+@pytest.mark.parametrize(("pushback_ms", "max_calls"), [("100", 2 * 5), ("-1", None), ("soon", None)])
+def test_a_closed_loop_worker_waits_out_the_servers_retry_pushback(pushback_ms: str, max_calls: int | None):
+    fake = PushbackGateway(pushback_ms)
+    result = run(fake, concurrency=2, duration_s=0.4)
+    assert result["errors"] == {"RESOURCE_EXHAUSTED": fake.calls}
+    assert result["error_latency_ms"]["RESOURCE_EXHAUSTED"]["p99_ms"] < 100  # rejections are timed too
+    if max_calls is not None:  # 2 workers, one call per 100 ms each over 0.4 s
+        assert fake.calls <= max_calls
+    else:  # "do not retry" or an unreadable hint: no wait, the workers keep calling
+        assert fake.calls > 2 * 5 + 2
 
 
 def test_deadline_exceeded_is_an_error_not_a_latency():

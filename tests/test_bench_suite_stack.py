@@ -1,5 +1,5 @@
-"""The suite's measurements against the real tiny stack: gateway vs direct dependency calls, recall, and the
-CPU per request of every process, with the echo server as the floor."""
+"""The suite's measurements against the real tiny stack: gateway vs direct dependency calls, recall, the
+CPU per request of every process (the echo server as the floor), and the overload scenario's wiring."""
 
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ from benchmarks.cpu import CpuMeter, ProcessGroup
 from benchmarks.echo_server import echo_server_process
 from benchmarks.recall import ann_recall
 from benchmarks.report import ECHO, GATEWAY, NAIVE, RPCS, cpu_ms_per_request, overhead_ms, scenario_name
-from benchmarks.suite import LOADGEN, Bench, Profile, direct_endpoints, gateway_endpoint
+from benchmarks.suite import LOADGEN, Bench, Profile, direct_endpoints, gateway_endpoint, measure_overload
 from devstack.process import free_port
 from server.config import MilvusSettings, RecommendSettings
 from server.milvus import MilvusStore
 
 pytestmark = pytest.mark.stack
 
-TINY = Profile("test", rounds=2, window_s=0.3, warmup_s=0.1, answer_s=1.0, recommend_cases=20)
+TINY = Profile(
+    "test", rounds=2, window_s=0.3, warmup_s=0.1, answer_s=1.0, recommend_cases=20, capacity_s=0.5, overload_s=1.0
+)
 
 
 async def measure(stack, data_dir, echo_target: str, meter: CpuMeter) -> tuple[Bench, dict]:
@@ -55,6 +57,7 @@ async def measure(stack, data_dir, echo_target: str, meter: CpuMeter) -> tuple[B
                 await bench.compare(
                     f"{rpc}@c8", [bench.side(e, CaseRequests(cases, direct=False), rpc, concurrency=8) for e in servers]
                 )
+            await measure_overload(bench, ours, CaseRequests(recommend, direct=False), stack.metrics_url)
             users = [case.user for case in recommend]
             recall = await ann_recall(store, settings.news_collection, news, np.stack(users))
     finally:
@@ -85,3 +88,13 @@ def test_gateway_and_its_direct_dependency_calls_are_measured_side_by_side(stack
         assert busy[ECHO] < busy[GATEWAY]  # the floor: gRPC alone costs less than the gateway's work
         assert scenarios[scenario_name(rpc, "c8", ECHO)]["cpu_ms_per_request"][LOADGEN] > 0
     assert 0 < recall["recall"] <= 1 and recall["queries"] > 0
+    overload = bench.collector.overload  # the wiring; a tiny stack on a shared machine says nothing about goodput
+    assert overload["capacity_rps"] > 0 and overload["offered_rps"] == pytest.approx(2 * overload["capacity_rps"], 0.01)
+    assert (
+        overload["codes"]["OK"] > 0
+        and sum(overload["codes"].values()) == overload["scenarios"]["overloaded"]["requests"]
+    )
+    assert overload["scenarios"]["overloaded"]["deadline_ms"] == 200.0
+    admitted = overload["gateway_counters"]["recstack_dependency_calls_total{dependency=triton,outcome=ok}"]
+    assert admitted >= overload["codes"]["OK"]  # every OK Recommend called Triton, counted over the window
+    assert overload["cpu_cores"][GATEWAY] > 0
