@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from contract.ranking import RankingWeights
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from server.admission import Admission
 from server.auth import interceptors
@@ -41,6 +43,7 @@ from server.pipeline.recommend import (
     CatalogView,
     ColdStart,
     HistoryVectors,
+    PopularityAwareOrder,
     Recommender,
     UserVector,
     personal_stages,
@@ -120,10 +123,13 @@ class GatewayApp:
             s.recommend.cold_start_pool,
         )
         catalog = CatalogView(self.cache, self.store, s.milvus.news_collection)
+        ranking = self._ranking_stage()
         recommender = Recommender(
             HistoryVectors(catalog, self.encoders, s.recommend.max_history),
             UserVector(request_encoders),
-            personal_stages(AnnCandidates(searcher, catalog)),
+            personal_stages(
+                AnnCandidates(searcher, catalog, min_pool=s.recommend.ranking_candidates if ranking else 0), ranking
+            ),
             [cold_start],
         )
         search = PassageSearch(QueryVector(request_encoders), searcher, s.milvus.passage_collection)
@@ -159,6 +165,18 @@ class GatewayApp:
                 raise DependencyUnavailable(down, f"not ready after {self.settings.gateway.startup_timeout_s:.0f}s")
             log.info("waiting_for_dependencies", **state)
             await asyncio.sleep(1.0)
+
+    def _ranking_stage(self) -> PopularityAwareOrder | None:
+        """The popularity-aware re-ranking when configured and its exported weights exist, else None (NRMS order)."""
+        rec = self.settings.recommend
+        if rec.ranking == "content":
+            return None
+        if not rec.ranking_weights.is_file():
+            log.warning("ranking_weights_missing", path=str(rec.ranking_weights), serving="content order")
+            return None
+        weights = RankingWeights.from_json(rec.ranking_weights)
+        log.info("ranking", kind=rec.ranking, **asdict(weights))
+        return PopularityAwareOrder(weights, self.clock)
 
     async def _warm_cache(self) -> None:
         """Fill the item cache and the catalog clock from Milvus, in the background, page by page.

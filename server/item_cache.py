@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 
 from server.observability import ITEM_CACHE
 
-FIELDS = ("vector", "title", "category", "published")
+FIELDS = ("vector", "title", "category", "published", "popularity")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,7 @@ class CachedNews:
     title: str
     category: str
     published: int
+    popularity: float
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CachedNews:
@@ -43,6 +44,7 @@ class CachedNews:
             title=row["title"],
             category=row["category"],
             published=int(row["published"]),
+            popularity=float(row["popularity"]),
         )
 
 
