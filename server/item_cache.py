@@ -34,7 +34,7 @@ class CachedNews:
     title: str
     category: str
     published: int
-    popularity: float
+    popularity: float = 0.0  # smoothed click-through rate (contract.ranking)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CachedNews:
@@ -44,7 +44,7 @@ class CachedNews:
             title=row["title"],
             category=row["category"],
             published=int(row["published"]),
-            popularity=float(row["popularity"]),
+            popularity=float(row.get("popularity", 0.0)),
         )
 
 
