@@ -20,6 +20,7 @@ from scipy.optimize import minimize
 from contract.ranking import PRIOR_SHOWS, RankingWeights, age_hours, features, ranking_scores, smoothed_ctr
 from training.checkpoint import Checkpoint
 from training.config import NRMSRunConfig
+from training.data.mind import infer_published
 from training.data.types import Impression, MindSplit, NewsArticle
 from training.text import TokenTable, text_tokenizer
 from training.train_nrms import evaluable, score_impressions, split_for_ranker
@@ -114,7 +115,8 @@ def fit_popularity_aware(
     run: NRMSRunConfig, checkpoint: Checkpoint, train: MindSplit, dev: MindSplit, dev_impressions: Sequence[Impression]
 ) -> tuple[RankingWeights, list[np.ndarray]]:
     """Weights fitted on the train holdout, and the final scores of `dev_impressions` with them."""
-    news = {**train.news, **dev.news}
+    # Real MIND has no publication time: an item's first appearance in the log stands in (the demo has one).
+    news = infer_published({**train.news, **dev.news}, [*train.impressions, *dev.impressions])
     table = TokenTable.build({n: a.title for n, a in news.items()}, text_tokenizer(checkpoint.tokenizers["title"]))
     model = checkpoint.build_model()
 
