@@ -29,7 +29,9 @@ COPY --from=build /usr/local /usr/local
 WORKDIR /app
 COPY configs/production.yaml /app/configs/production.yaml
 COPY artifacts/serving/tokenizers /app/tokenizers
+COPY artifacts/serving/ranking.json /app/ranking.json
 ENV RECSTACK_TRITON__TOKENIZER_DIR=/app/tokenizers \
+    RECSTACK_RECOMMEND__RANKING_WEIGHTS=/app/ranking.json \
     RECSTACK_GATEWAY__HOST=0.0.0.0 \
     OPENBLAS_NUM_THREADS=1
 USER recstack

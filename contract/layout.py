@@ -7,7 +7,8 @@ another root on their command line; these are the defaults.
       data/mind, data/msmarco        offline data sets (`python -m training data`)
       checkpoints/<run>.pt           trained models (`python -m training train`)
       reports/                       training.json, export.json, curves
-      serving/onnx, serving/tokenizers/<field>.json, serving/triton-<profile>/   (`python -m export models`)
+      serving/onnx, serving/tokenizers/<field>.json, serving/triton-<profile>/,
+      serving/ranking.json           (`python -m export models`)
       stack/                         the local stack's state and logs (`python -m devstack up`)
       logs/                          logs of servers started by hand
       feedback/<YYYY-MM-DD>/         the gateway's feedback log: MIND behaviors.tsv + news.tsv per UTC day
@@ -55,6 +56,11 @@ class ServingLayout:
     @property
     def tokenizers(self) -> Path:
         return self.root / "tokenizers"
+
+    @property
+    def ranking(self) -> Path:
+        """The popularity-aware ranking's weights (`contract.ranking.RankingWeights` as JSON)."""
+        return self.root / "ranking.json"
 
     def repository(self, profile: Profile) -> Path:
         """The Triton model repository of `profile` (cpu: python backend; gpu: onnxruntime backend)."""

@@ -36,6 +36,7 @@ class StackConfig:
 
     triton_repo: Path = LOCAL_REPOSITORY
     tokenizer_dir: Path = layout.SERVING.tokenizers
+    ranking_weights: Path = layout.SERVING.ranking
     state_dir: Path = layout.STACK
     gateway_port: int = 50051  # 0: any free port
     metrics_port: int = 9464  # 0: any free port
@@ -112,6 +113,7 @@ class LocalStack:
             "RECSTACK_GATEWAY__METRICS_PORT": str(cfg.metrics_port or free_port(HOST)),
             "RECSTACK_TRITON__URL": self.triton.grpc_url,
             "RECSTACK_TRITON__TOKENIZER_DIR": str(cfg.tokenizer_dir),
+            "RECSTACK_RECOMMEND__RANKING_WEIGHTS": str(cfg.ranking_weights),
             "RECSTACK_MILVUS__URI": self.milvus.uri,
         }
         if self.llm is not None:

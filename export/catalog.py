@@ -4,15 +4,15 @@ Everything goes through the gateway's public `UpsertItems` RPC (which encodes on
 Milvus), in batches, with a progress bar: the same path any producer of new items uses. Idempotent:
 re-running re-writes the same rows.
 
-News popularity (used by the cold-start ranking) is the item's click count in the behaviour logs
-available at indexing time (every split's impressions and histories).
+News popularity (read by the popularity-aware ranking and the cold-start ranking) is the item's smoothed
+click-through rate (`contract.ranking.smoothed_ctr`) in the labelled impressions of the behaviour logs
+available at indexing time (every split's).
 The benchmarks' upsert workload sends the same items (`benchmarks.workload.load_catalog`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from training.data.mind import BEHAVIORS_FILE, NEWS_FILE, load_behaviors, load_news
 from training.data.msmarco import load_collection, load_passage_meta
-from training.data.types import Impression
+from training.ranking import ClickStats
 
 BATCH = 256
 SPLITS = ("train", "dev")
@@ -43,23 +43,15 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return Timestamp(seconds=int(value.replace(tzinfo=value.tzinfo or UTC).timestamp()))
 
 
-def click_counts(impressions: Iterable[Impression]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for impression in impressions:
-        counts.update(impression.history)
-        labels = impression.labels or ()
-        counts.update(c for c, y in zip(impression.candidates, labels, strict=False) if y == 1)
-    return counts
-
-
 def news_items(mind_dir: Path) -> list[pb.NewsItem]:
-    """Every article of the train/dev splits present, popularity counted from their behaviours logs."""
+    """Every article of the train/dev splits present, popularity (smoothed CTR) counted from their behaviour logs."""
     splits = [mind_dir / name for name in SPLITS if (mind_dir / name / NEWS_FILE).is_file()]
     if not splits:
         raise FileNotFoundError(f"no {NEWS_FILE} under {mind_dir}/train or {mind_dir}/dev (run `make data`)")
     articles = {news_id: article for split in splits for news_id, article in load_news(split / NEWS_FILE).items()}
     logs = [split / BEHAVIORS_FILE for split in splits if (split / BEHAVIORS_FILE).is_file()]
-    clicks = click_counts(impression for path in logs for impression in load_behaviors(path))
+    stats = ClickStats.from_impressions(imp for path in logs for imp in load_behaviors(path) if imp.labels is not None)
+    popularity = dict(zip(articles, stats.popularity(list(articles)), strict=True))
     return [
         pb.NewsItem(
             id=a.news_id,
@@ -68,7 +60,7 @@ def news_items(mind_dir: Path) -> list[pb.NewsItem]:
             subcategory=a.subcategory,
             abstract=a.abstract,
             published=timestamp(a.published),
-            popularity=float(clicks[a.news_id]),
+            popularity=float(popularity[a.news_id]),
         )
         for a in (articles[k] for k in sorted(articles))
     ]

@@ -21,6 +21,7 @@ import torch
 import contract
 from contract import layout
 from contract.layout import ServingLayout, tokenizer_file
+from contract.ranking import RankingWeights
 from export.onnx_export import (
     ExportResult,
     ExportTarget,
@@ -29,7 +30,7 @@ from export.onnx_export import (
     text_parity_inputs,
 )
 from export.triton_repo import Profile, TritonOptions, next_version, write_repository
-from training.checkpoint import Checkpoint
+from training.checkpoint import RANKING_KEY, Checkpoint
 from training.data.mind import load_news
 from training.data.msmarco import load_collection, load_queries
 from training.text import TokenizerRef, text_tokenizer, write_tokenizer_file
@@ -97,16 +98,24 @@ def export_all(
     versions = {profile: publish(results, serving.repository(profile), profile, options) for profile in layout.PROFILES}
     for field, ref in tokenizer_refs(nrms, two_tower).items():
         write_tokenizer_file(ref, tokenizer_file(serving.tokenizers, field))
+    ranking_weights(nrms).to_json(serving.ranking)
     report = {
         "models": {r.spec.name: r.report() for r in results},
         "repositories": {p: str(serving.repository(p)) for p in versions},
         "versions": versions["cpu"],
         "tokenizers": str(serving.tokenizers),
+        "ranking": str(serving.ranking),
         "checkpoints": {"nrms": str(nrms_path), "two_tower": str(two_tower_path)},
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def ranking_weights(nrms: Checkpoint) -> RankingWeights:
+    """The popularity-aware ranking fitted with `nrms`; content-only weights (the NRMS order) when none was."""
+    fitted = nrms.extra.get(RANKING_KEY)
+    return RankingWeights(**fitted) if fitted else RankingWeights()
 
 
 def publish(results: list[ExportResult], repo: Path, profile: Profile, options: TritonOptions | None) -> dict[str, int]:

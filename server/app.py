@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import time
+from dataclasses import asdict
 
 import grpc
 import structlog
@@ -20,6 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from contract.ranking import RankingWeights
 from recstack.v1 import gateway_pb2, gateway_pb2_grpc
 from server.admission import Admission
 from server.auth import interceptors
@@ -41,6 +43,7 @@ from server.pipeline.recommend import (
     CatalogView,
     ColdStart,
     HistoryVectors,
+    PopularityAwareOrder,
     Recommender,
     UserVector,
     personal_stages,
@@ -136,8 +139,10 @@ class GatewayApp:
                 self._news[version] = NewsTarget(version.collection, encoders, cache)
         return self._news[version]
 
-    def _recommender(self, version: ModelVersion, searcher: BatchedSearch) -> Recommender:
-        """The Recommend pipeline of one model version."""
+    def _recommender(
+        self, version: ModelVersion, searcher: BatchedSearch, ranking: PopularityAwareOrder | None
+    ) -> Recommender:
+        """The Recommend pipeline of one model version (`ranking`: the re-ranking stage, None for NRMS order)."""
         s, news = self.settings, self.news_target(version)
         # One-row calls of the request path are coalesced; ingestion sends its own full batches.
         user_encoders = BatchedEncoders(news.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
@@ -147,7 +152,9 @@ class GatewayApp:
         return Recommender(
             HistoryVectors(catalog, news.encoders, rec.max_history),
             UserVector(user_encoders),
-            personal_stages(AnnCandidates(searcher, catalog)),
+            personal_stages(
+                AnnCandidates(searcher, catalog, min_pool=rec.ranking_candidates if ranking else 0), ranking
+            ),
             [cold_start],
         )
 
@@ -155,6 +162,7 @@ class GatewayApp:
         s = self.settings
         searcher = BatchedSearch(self.store, s.milvus.search_batch, s.milvus.search_in_flight)
         request_encoders = BatchedEncoders(self.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
+        ranking = self._ranking_stage()
         search = PassageSearch(QueryVector(request_encoders), searcher, s.milvus.passage_collection)
         ingest = Ingest(
             self.encoders,
@@ -168,7 +176,7 @@ class GatewayApp:
         )
         return GatewayService(
             RequestValidator(s.gateway),
-            VersionRouter(self.versions, lambda version: self._recommender(version, searcher)),
+            VersionRouter(self.versions, lambda version: self._recommender(version, searcher, ranking)),
             search,
             ingest,
             Answerer(search, self.llm, s.rag),
@@ -190,6 +198,18 @@ class GatewayApp:
                 raise DependencyUnavailable(down, f"not ready after {self.settings.gateway.startup_timeout_s:.0f}s")
             log.info("waiting_for_dependencies", **state)
             await asyncio.sleep(1.0)
+
+    def _ranking_stage(self) -> PopularityAwareOrder | None:
+        """The popularity-aware re-ranking when configured and its exported weights exist, else None (NRMS order)."""
+        rec = self.settings.recommend
+        if rec.ranking == "content":
+            return None
+        if not rec.ranking_weights.is_file():
+            log.warning("ranking_weights_missing", path=str(rec.ranking_weights), serving="content order")
+            return None
+        weights = RankingWeights.from_json(rec.ranking_weights)
+        log.info("ranking", kind=rec.ranking, **asdict(weights))
+        return PopularityAwareOrder(weights, self.clock)
 
     async def _warm_cache(self) -> None:
         """Fill the item cache and the catalog clock from Milvus, in the background, page by page.

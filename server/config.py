@@ -200,6 +200,18 @@ class RecommendSettings(Section):
     cache_warmup_timeout_s: float = Field(
         1800.0, gt=0, description="Deadline of the whole item cache warm-up (each page has milvus.timeout_s)."
     )
+    ranking: Literal["popularity_aware", "content"] = Field(
+        "popularity_aware",
+        description="Order of personal recommendations: NRMS score with click-through rate and recency "
+        "(contract.ranking, the better one measured) or the NRMS score alone.",
+    )
+    ranking_candidates: int = Field(
+        100, gt=0, le=MAX_RESULT_ROWS, description="popularity_aware: top-N by content that the ranking re-orders."
+    )
+    ranking_weights: Path = Field(
+        layout.SERVING.ranking,
+        description="popularity_aware: the weights `make export` writes; when missing, the NRMS order is served.",
+    )
 
 
 class RagSettings(Section):

@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from server.observability import ITEM_CACHE, labelled
 
-FIELDS = ("vector", "title", "category", "published")
+FIELDS = ("vector", "title", "category", "published", "popularity")
 EVICTION_CHUNK = 64  # a full cache evicts at least capacity / EVICTION_CHUNK rows at once
 Strings = NDArray[np.object_]
 
@@ -43,6 +43,7 @@ class CachedNews:
     title: str
     category: str
     published: int
+    popularity: float = 0.0  # smoothed click-through rate (contract.ranking)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> CachedNews:
@@ -52,6 +53,7 @@ class CachedNews:
             title=row["title"],
             category=row["category"],
             published=int(row["published"]),
+            popularity=float(row.get("popularity", 0.0)),
         )
 
 
@@ -64,6 +66,7 @@ class NewsBatch:
     titles: Strings
     categories: Strings
     published: NDArray[np.int64]
+    popularity: NDArray[np.float32]
     positions: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +84,7 @@ class NewsBatch:
             _strings(e.title for e in values),
             _strings(e.category for e in values),
             np.array([e.published for e in values], dtype=np.int64),
+            np.array([e.popularity for e in values], dtype=np.float32),
         )
 
     def concat(self, other: NewsBatch) -> NewsBatch:
@@ -94,6 +98,7 @@ class NewsBatch:
             np.concatenate([self.titles, other.titles]),
             np.concatenate([self.categories, other.categories]),
             np.concatenate([self.published, other.published]),
+            np.concatenate([self.popularity, other.popularity]),
         )
 
 
@@ -107,6 +112,7 @@ class ItemCache:
         self._titles: Strings = _strings(())
         self._categories: Strings = _strings(())
         self._published: NDArray[np.int64] = np.zeros(0, np.int64)
+        self._popularity: NDArray[np.float32] = np.zeros(0, np.float32)
         self._stored: NDArray[np.float64] = np.zeros(0)  # clock() when written
         self._used: NDArray[np.float64] = np.zeros(0)  # clock() when last found by a lookup
 
@@ -130,6 +136,7 @@ class ItemCache:
             self._titles[hit_rows],
             self._categories[hit_rows],
             self._published[hit_rows],
+            self._popularity[hit_rows],
         )
         return batch, missing
 
@@ -144,6 +151,7 @@ class ItemCache:
             self._vectors[row] = entry.vector
             self._titles[row], self._categories[row] = entry.title, entry.category
             self._published[row] = entry.published
+            self._popularity[row] = entry.popularity
             self._stored[row] = self._used[row] = now
 
     def forget(self, ids: Iterable[str]) -> None:
@@ -183,6 +191,7 @@ class ItemCache:
             _resized(c, new_size) for c in (self._ids, self._titles, self._categories)
         )
         self._published = _resized(self._published, new_size)
+        self._popularity = _resized(self._popularity, new_size)
         self._stored, self._used = _resized(self._stored, new_size), _resized(self._used, new_size)
         self._free.extend(range(new_size - 1, size - 1, -1))
 

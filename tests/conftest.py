@@ -122,6 +122,7 @@ def stack(tiny_serving, tiny_data: DatasetPaths, tmp_path_factory: pytest.TempPa
     config = StackConfig(
         triton_repo=tiny_serving.repository("cpu"),
         tokenizer_dir=tiny_serving.tokenizers,
+        ranking_weights=tiny_serving.ranking,
         state_dir=state_dir,
         gateway_port=0,
         metrics_port=0,

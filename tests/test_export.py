@@ -15,6 +15,7 @@ from tritonclient.grpc import model_config_pb2
 
 import contract
 from contract.layout import ServingLayout
+from contract.ranking import RankingWeights
 from contract.tokenizer import TextTokenizer
 from export.models import export_all
 from export.onnx_export import PARITY_TOLERANCE
@@ -44,6 +45,14 @@ def test_report_lists_every_model_within_tolerance(exported: tuple[ServingLayout
     cases = report["models"][contract.USER_ENCODER]["parity_cases"]
     assert {"history_1", "empty_history", "max_history"} <= set(cases)
     assert {"length_1", "max_length"} <= set(report["models"][contract.QUERY_ENCODER]["parity_cases"])
+
+
+def test_the_ranking_weights_are_exported_content_only_when_the_checkpoint_has_none(
+    exported: tuple[ServingLayout, dict],
+) -> None:
+    layout, report = exported
+    assert report["ranking"] == str(layout.ranking)
+    assert RankingWeights.from_json(layout.ranking) == RankingWeights(content=1.0, popularity=0.0, age=0.0)
 
 
 def test_graphs_have_dynamic_batch_and_lengths(exported: tuple[ServingLayout, dict]) -> None:

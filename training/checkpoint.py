@@ -20,6 +20,7 @@ from training.models.two_tower import TwoTower
 from training.text import TokenizerRef
 
 FORMAT_VERSION = 1
+RANKING_KEY = "ranking"  # extra[RANKING_KEY]: NRMS's popularity-aware ranking weights (contract.ranking.RankingWeights)
 
 
 @dataclass

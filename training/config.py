@@ -77,6 +77,12 @@ class NRMSRunConfig(Strict):
     positives_per_impression: int | None = Field(
         None, ge=1, description="Clicks of an impression used per epoch (redrawn each epoch); None = all."
     )
+    ranker_holdout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Latest fraction of train impressions NRMS never sees; the popularity-aware ranker fits there.",
+    )
     metric: str = "auc"
 
 

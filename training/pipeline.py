@@ -1,7 +1,7 @@
 """`make train`: data if missing, both models if their config changed, baselines, one report.
 
 Writes `artifacts/reports/training.json`:
-`{"nrms": {"dev": {...}, "baselines": {"popularity": {...}, "random": {...}}, ...},
+`{"nrms": {"dev": {...}, "ranked": {"dev": {...}}, "baselines": {"popularity": {...}, "random": {...}}, ...},
   "two_tower": {"dev": {...}, "baselines": {"bm25": {...}, "bow_cosine": {...}, ...}, ...}}`
 with every model scored on exactly the same dev impressions / queries as its baselines.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -27,8 +28,10 @@ from training.baselines import (
     evaluate_recommender,
     evaluate_retriever,
 )
-from training.checkpoint import Checkpoint
+from training.checkpoint import RANKING_KEY, Checkpoint
 from training.config import NRMSRunConfig, RunConfig, TwoTowerRunConfig
+from training.metrics import mind_metrics
+from training.ranking import fit_popularity_aware
 from training.report import plot_curves
 from training.train_nrms import evaluable, load_mind, train_nrms
 from training.train_two_tower import dev_subset, load_retrieval, train_two_tower
@@ -56,12 +59,22 @@ def train_or_reuse(run: RunConfig, path: Path, force: bool, console: Console) ->
     return checkpoint
 
 
-def nrms_section(run: NRMSRunConfig, checkpoint: Checkpoint) -> dict:
+def nrms_section(run: NRMSRunConfig, checkpoint: Checkpoint, path: Path) -> dict:
+    """NRMS, its baselines and (with a `ranker_holdout`) the served popularity-aware ranking, on the same dev
+    impressions; the ranking's weights are stored in the checkpoint at `path` (export reads them there)."""
     train, dev = load_mind(run.data_dir)
     impressions = evaluable(dev.impressions, run.train.max_dev)
     clicks = PopularityRanker.from_impressions(train.impressions, impressions)
+    ranked = {}
+    if run.ranker_holdout > 0:
+        weights, scores = fit_popularity_aware(run, checkpoint, train, dev, impressions)
+        ranked = {"ranked": {"dev": mind_metrics([imp.labels for imp in impressions], scores)}}
+        if checkpoint.extra.get(RANKING_KEY) != asdict(weights):
+            checkpoint.extra[RANKING_KEY] = asdict(weights)
+            checkpoint.save(path)
     return {
         "dev": checkpoint.best_metrics,
+        **ranked,
         "baselines": {
             # "popularity" is the stronger of the two popularity rankers on this data (see README).
             "popularity": evaluate_recommender(ClickThroughRanker.from_impressions(train.impressions), impressions),
@@ -109,7 +122,8 @@ def run_training(
     console = console or Console()
     report: dict = {}
     nrms_ckpt = train_or_reuse(nrms, checkpoint_path(nrms, checkpoints), force, console)
-    report["nrms"] = {**nrms_section(nrms, nrms_ckpt), "checkpoint": str(checkpoint_path(nrms, checkpoints))}
+    nrms_path = checkpoint_path(nrms, checkpoints)
+    report["nrms"] = {**nrms_section(nrms, nrms_ckpt, nrms_path), "checkpoint": str(nrms_path)}
     tower_ckpt = train_or_reuse(two_tower, checkpoint_path(two_tower, checkpoints), force, console)
     report["two_tower"] = {
         **two_tower_section(two_tower, tower_ckpt, zero_shot, checkpoints / "cache"),
@@ -141,7 +155,8 @@ def results_tables(report: dict) -> list[Table]:
         table.add_column("system")
         for metric in metrics:
             table.add_column(metric, justify="right")
-        for system, values in {task: report[task]["dev"], **report[task]["baselines"]}.items():
+        ranked = {f"{task} + popularity/recency": report[task]["ranked"]["dev"]} if "ranked" in report[task] else {}
+        for system, values in {task: report[task]["dev"], **ranked, **report[task]["baselines"]}.items():
             table.add_row(system, *(f"{values[m]:.4f}" for m in metrics))
         tables.append(table)
     return tables

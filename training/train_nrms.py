@@ -153,6 +153,18 @@ def evaluable(impressions: Sequence[Impression], limit: int | None = None) -> li
     return kept[:limit] if limit else kept
 
 
+def split_for_ranker(train: Sequence[Impression], holdout: float) -> tuple[list[Impression], list[Impression]]:
+    """Labelled train impressions in time order, split into (NRMS's part, the latest `holdout` fraction).
+
+    The ranker on top of NRMS must be fitted on impressions NRMS never trained on: on its own training
+    impressions NRMS scores far better than on new ones (measured: AUC 0.73 vs 0.59), so a fit there
+    over-trusts the content score.
+    """
+    ordered = sorted((imp for imp in train if imp.labels is not None), key=lambda i: i.time)
+    cut = len(ordered) - round(len(ordered) * holdout)
+    return ordered[:cut], ordered[cut:]
+
+
 def train_nrms(run: NRMSRunConfig) -> Checkpoint:
     """Train on `run.data_dir`/train, early-stop on `run.metric` over `run.data_dir`/dev."""
     seed_everything(run.train.seed)
@@ -164,7 +176,7 @@ def train_nrms(run: NRMSRunConfig) -> Checkpoint:
     pretrained = pretrained_word_embeddings() if run.model.pretrained_embeddings else None
     model = NRMS(run.model, pretrained)
     dev_impressions = evaluable(dev.impressions, run.train.max_dev)
-    train_impressions = sorted((imp for imp in train.impressions if imp.labels is not None), key=lambda i: i.time)
+    train_impressions, _ = split_for_ranker(train.impressions, run.ranker_holdout)
     steps = -(-sample_count(train_impressions, run.positives_per_impression) // run.train.batch_size)
 
     def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:

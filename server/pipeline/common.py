@@ -55,6 +55,7 @@ class Item:
     text: str = ""
     doc_id: str = ""
     vector: NDArray[np.float32] | None = None
+    popularity: float = 0.0  # news: smoothed click-through rate (contract.ranking)
 
     @classmethod
     def from_row(cls, item_id: str, score: float, row: dict[str, Any]) -> Item:
@@ -67,6 +68,7 @@ class Item:
             text=row.get("text", ""),
             doc_id=row.get("doc_id", ""),
             vector=row.get("vector"),
+            popularity=float(row.get("popularity", 0.0) or 0.0),
         )
 
 

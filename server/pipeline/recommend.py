@@ -5,6 +5,7 @@
   candidate stages (`CandidateStage`: candidates + request state in, candidates out):
     AnnCandidates    Milvus top-N by inner product (= NRMS click score), request filters applied
     ExcludeSeen      drop what the user already clicked
+    PopularityAwareOrder  re-score by NRMS score + click-through rate + recency (contract.ranking)
     MmrOrder         optional diversity: maximal marginal relevance over candidate vectors
     ColdStart        no usable history: popular items among the most recent ones, matching the filters
     Timed            runs inner stages as one named stage of the request's timings
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from contract.ranking import RankingWeights, age_hours, ranking_scores
 from contract.schemas import MAX_RESULT_ROWS
 from server.domain import HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
@@ -131,24 +133,27 @@ class UserVector:
 
 class AnnCandidates:
     """Top candidates by inner product with the user vector (ids and scores from Milvus, the rest from
-    the catalog view); asks for enough extra to survive ExcludeSeen."""
+    the catalog view); asks for at least `min_pool` (what a re-ranking stage re-orders) and enough extra to
+    survive ExcludeSeen."""
 
-    def __init__(self, searcher: Searcher, catalog: CatalogView, max_limit: int = MAX_RESULT_ROWS) -> None:
-        self.searcher, self.catalog, self.max_limit = searcher, catalog, max_limit
+    def __init__(
+        self, searcher: Searcher, catalog: CatalogView, max_limit: int = MAX_RESULT_ROWS, min_pool: int = 0
+    ) -> None:
+        self.searcher, self.catalog, self.max_limit, self.min_pool = searcher, catalog, max_limit, min_pool
 
     async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
         if state.user is None:
             raise ValueError("AnnCandidates needs the request's user vector")
-        limit = min(self.max_limit, state.candidate_pool + len(state.exclude))
+        limit = min(self.max_limit, max(state.candidate_pool, self.min_pool) + len(state.exclude))
         with ctx.timer.stage("milvus.search"):
             (hits,) = await self.searcher.search(
                 self.catalog.collection, state.user[None], limit, state.query.filters, (), ctx.remaining("milvus")
             )
         entries = await self.catalog.entries([hit.id for hit in hits], "milvus.get_candidates", ctx)
         positions, titles, categories = entries.positions, entries.titles, entries.categories
-        published, vectors = entries.published.tolist(), entries.vectors
+        published, vectors, popularity = entries.published.tolist(), entries.vectors, entries.popularity.tolist()
         return [
-            Item(hit.id, hit.score, titles[i], categories[i], published[i], vector=vectors[i])
+            Item(hit.id, hit.score, titles[i], categories[i], published[i], vector=vectors[i], popularity=popularity[i])
             for hit in hits
             if (i := positions.get(hit.id)) is not None  # deleted between search and lookup
         ]
@@ -159,6 +164,26 @@ class ExcludeSeen:
 
     async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
         return [item for item in candidates if item.item_id not in state.exclude]
+
+
+class PopularityAwareOrder:
+    """Re-orders candidates by `contract.ranking`'s final score (which becomes their score): the NRMS click
+    score with the item's click-through rate (`popularity`) and its age at the catalog clock's "now"."""
+
+    def __init__(self, weights: RankingWeights, clock: CatalogClock) -> None:
+        self.weights, self.clock = weights, clock
+
+    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+        if not candidates:
+            return candidates
+        scores = ranking_scores(
+            self.weights,
+            [item.score for item in candidates],
+            [item.popularity for item in candidates],
+            age_hours(self.clock.newest_published, [item.published for item in candidates]),
+        )
+        order = np.argsort(-scores, kind="stable")
+        return [replace(candidates[i], score=float(scores[i])) for i in order]
 
 
 class MmrOrder:
@@ -218,9 +243,11 @@ async def run_stages(
     return candidates
 
 
-def personal_stages(candidates: AnnCandidates) -> list[CandidateStage]:
-    """Recommend for a user with history: ANN candidates, then drop seen and order, timed as `rank`."""
-    return [candidates, Timed("rank", [ExcludeSeen(), MmrOrder()])]
+def personal_stages(candidates: AnnCandidates, ranking: CandidateStage | None = None) -> list[CandidateStage]:
+    """Recommend for a user with history: ANN candidates, then drop seen, re-rank (when `ranking` is given)
+    and order, timed as `rank`."""
+    rank: list[CandidateStage] = [ExcludeSeen(), *([ranking] if ranking else []), MmrOrder()]
+    return [candidates, Timed("rank", rank)]
 
 
 class ColdStart:
