@@ -150,7 +150,7 @@ def run_loop(cfg: LoopConfig, console: Console) -> dict[str, Any]:
     serving = layout.ServingLayout(LOOP / "serving")
     shutil.copytree(layout.SERVING.repository("cpu"), serving.repository("cpu"))
     shutil.copytree(layout.SERVING.tokenizers, serving.tokenizers)
-    base = newest_version(serving, contract.NEWS_ENCODER.name)
+    base = newest_version(serving, contract.NEWS_ENCODER)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -181,7 +181,7 @@ def run_loop(cfg: LoopConfig, console: Console) -> dict[str, Any]:
         checkpoint, dev = retrain(training_set(demo, log_dir, LOOP / "data"), cfg, LOOP / "checkpoints")
         lap("retrain")
         versions = export_all(checkpoint, layout.checkpoint_file(layout.TWO_TOWER_RUN), serving, LOOP / "export.json")
-        candidate = versions["versions"][contract.NEWS_ENCODER.name]
+        candidate = versions["versions"][contract.NEWS_ENCODER]
         settings = stack_settings(stack, serving, base)
         rollout = Rollout(settings, TritonNewsEncoders(settings))
         try:
