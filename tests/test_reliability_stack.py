@@ -1,0 +1,50 @@
+"""Short chaos and durability against the real stack (the full runs: `make chaos`, benchmarks/reliability.py).
+
+Each dependency, then the gateway, is SIGKILLed once under light open-loop load and restarted: clients see
+only UNAVAILABLE or DEADLINE_EXCEEDED, health goes NOT_SERVING and back to SERVING, the gateway survives a
+dependency's death. Acknowledged upserts and deletes survive SIGKILL of Milvus and of the gateway.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.reliability import gateway_kill_durability, kill_under_load, milvus_kill_durability, parts, workload
+
+pytestmark = pytest.mark.stack
+
+RATE = 6.0  # requests per second: light, so the tiny stack is not overloaded on a shared machine
+
+
+@pytest.mark.parametrize("name", ["triton", "milvus", "llm", "gateway"])
+def test_kill_under_load_fails_cleanly_and_recovers(stack, tiny_data, name: str) -> None:
+    part = parts(stack)[name]
+    report = kill_under_load(stack, part, workload(tiny_data.root), RATE, down_s=1.0, settle_s=3.0).to_dict()
+    assert report["unexpected_codes"] == [], report
+    assert report["codes"].get("UNAVAILABLE", 0) > 0, report
+    assert report["first_unavailable_ms"] is not None, report
+    assert report["ok_after_restart"] > 0, report
+    assert report["health_after"] == "SERVING", report
+    assert report["unaffected_rpc_errors"] == {}, report
+    if name == "gateway":
+        assert all(status.startswith("UNREACHABLE") for status in report["health_during"]), report
+    else:
+        assert "NOT_SERVING" in report["health_during"], report
+        assert report["gateway_pid_unchanged"], report
+    if name == "llm":
+        assert set(report.get("answer_streams_in_flight", {})) <= {"UNAVAILABLE", "OK"}, report
+
+
+def test_acknowledged_writes_survive_milvus_sigkill(stack) -> None:
+    report = milvus_kill_durability(stack, batches=3, size=50)
+    assert report["present_after_restart"] == report["acknowledged"], report
+    assert report["vectors_equal"] == report["acknowledged"], report
+    assert report["deleted_absent"], report
+
+
+def test_acknowledged_writes_survive_gateway_sigkill_mid_stream(stack) -> None:
+    report = gateway_kill_durability(stack, batches=30, size=10, kill_after=3)
+    assert report["upsert_batches_acknowledged"] >= 3, report
+    assert report["present_after_restart"] == report["acknowledged"], report
+    assert report["vectors_equal"] == report["acknowledged"], report
+    assert report["deleted_absent"], report
