@@ -66,6 +66,9 @@ OUTAGE_CODES = frozenset({OK, "UNAVAILABLE", "DEADLINE_EXCEEDED"})
 DEADLINE_S = 5.0
 HEALTH_POLL_S = 0.2
 ANSWER_TOKENS = 8
+ANSWER_DEADLINE_S = 30.0  # a whole (short) answer on a busy CPU: prompt processing takes seconds
+RECOVERY_TIMEOUT_S = 60.0
+ENCODE_BATCH = 32  # rows per Triton request when checking vectors (the encoders' max batch is 64)
 NEWS_COLLECTION = MilvusSettings().news_collection
 
 
@@ -126,9 +129,13 @@ class BackgroundLoad:
                 task.add_done_callback(pending.discard)
             await asyncio.gather(*pending)
 
+    def succeeded_since(self, start: float, rpcs: frozenset[str]) -> bool:
+        """Whether a request of one of `rpcs` sent at or after `start` has ended OK."""
+        return any(o.code == OK and o.sent >= start and o.rpc in rpcs for o in list(self.outcomes))
+
     async def _issue(self, client: GatewayClient, rpc: Rpc, request: Any) -> None:
         sent = time.perf_counter()
-        reply = await client.call(rpc, request, DEADLINE_S)
+        reply = await client.call(rpc, request, ANSWER_DEADLINE_S if rpc == "answer" else DEADLINE_S)
         self.outcomes.append(Outcome(rpc, sent, reply.finished, reply.code))
 
 
@@ -160,8 +167,13 @@ class HealthWatch:
                     status = f"UNREACHABLE_{error.code().name}"
                 self.seen.append((time.perf_counter(), status))
 
-    def between(self, start: float, end: float) -> list[str]:
-        return sorted({status for at, status in self.seen if start <= at < end})
+    def serving_again(self, since: float) -> float | None:
+        """When SERVING was first seen at or after `since` (None: not yet)."""
+        return next((at for at, status in self.seen if at >= since and status == "SERVING"), None)
+
+    def between(self, start: float, end: float | None) -> list[str]:
+        """The statuses seen from `start` until `end` (None: until the last poll)."""
+        return sorted({status for at, status in self.seen if start <= at and (end is None or at < end)})
 
     def last(self) -> str:
         return self.seen[-1][1] if self.seen else "NONE"
@@ -241,6 +253,7 @@ class KillReport:
         in_flight_streams = Counter(
             o.code for o in self.outcomes if o.rpc == "answer" and o.sent < self.killed < o.finished
         )
+        serving_again = self.health.serving_again(self.restarted)
         report: dict[str, Any] = {
             "codes": dict(Counter(o.code for o in during)),
             "unexpected_codes": sorted({o.code for o in during} - OUTAGE_CODES),
@@ -250,7 +263,8 @@ class KillReport:
             "recovery_s": round(max((o.finished for o in errors_after), default=self.restarted) - self.restarted, 2),
             "errors_after_restart": dict(Counter(o.code for o in errors_after)),
             "ok_after_restart": sum(o.code == OK for o in after),
-            "health_during": self.health.between(self.killed, self.ready),
+            "health_during": self.health.between(self.killed, serving_again),
+            "serving_again_s": round(serving_again - self.restarted, 2) if serving_again is not None else None,
             "health_after": self.health.last(),
             "unaffected_rpc_errors": dict(unaffected_errors),
         }
@@ -282,16 +296,18 @@ def kill_under_load(
         restarted = time.perf_counter()
         part.restart()
         ready = time.perf_counter()
-        _wait_serving(health, part.health_service, timeout_s=60.0)
+        _wait_until(lambda: health.last() == "SERVING")
+        _wait_until(lambda: load.succeeded_since(restarted, part.affected))
         time.sleep(settle_s)
         until = time.perf_counter()
     unchanged = None if part.name == "gateway" else stack.gateway.running() and stack.gateway.pid == gateway_pid
     return KillReport(part, killed, restarted, ready, until, load.outcomes, health, unchanged)
 
 
-def _wait_serving(health: HealthWatch, service: str, timeout_s: float) -> None:
+def _wait_until(condition: Callable[[], bool], timeout_s: float = RECOVERY_TIMEOUT_S) -> None:
+    """Poll `condition` until it holds or `timeout_s` passed (the report then shows what did not recover)."""
     deadline = time.monotonic() + timeout_s
-    while health.last() != "SERVING" and time.monotonic() < deadline:
+    while not condition() and time.monotonic() < deadline:
         time.sleep(HEALTH_POLL_S)
 
 
@@ -347,7 +363,9 @@ class StoredCheck:
             settings = TritonSettings(url=self.stack.triton.grpc_url, tokenizer_dir=self.stack.config.tokenizer_dir)
             encoders = TritonEncoders.from_settings(settings)
             try:
-                return await encoders.encode_texts("title", [item.title for item in items], timeout_s=30.0)
+                titles = [item.title for item in items]
+                chunks = [titles[i : i + ENCODE_BATCH] for i in range(0, len(titles), ENCODE_BATCH)]
+                return np.concatenate([await encoders.encode_texts("title", chunk, timeout_s=30.0) for chunk in chunks])
             finally:
                 await encoders.close()
 
