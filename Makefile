@@ -79,7 +79,7 @@ bench-ci: setup  ## short benchmark, fails on a ratio over benchmarks/budgets.ya
 
 chaos: setup  ## SIGKILL triton, milvus, llm, gateway under load + write durability -> benchmarks/results/reliability.*
 	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
-	$(PY) -m benchmarks.reliability chaos
+	$(PY) -m benchmarks.reliability chaos durability
 
 SOAK_MINUTES ?= 10
 soak: setup  ## 10 min (SOAK_MINUTES=2: shorter) of mixed load at 70% of capacity: RSS, fds, errors -> reliability.* (not in CI)

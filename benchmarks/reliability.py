@@ -1,11 +1,11 @@
 """Reliability of the real local stack: dependencies killed under load, durable acknowledged writes, a soak.
 
-    python -m benchmarks.reliability chaos        # capacity, then SIGKILL triton, milvus, llm, gateway under
-                                                  # open-loop load; then the durability checks (make chaos)
-    python -m benchmarks.reliability durability   # only the durability checks
-    python -m benchmarks.reliability soak --minutes 10   # mixed load at 70% of capacity (make soak)
+    python -m benchmarks.reliability chaos durability   # make chaos: capacity, then SIGKILL triton, milvus,
+                                                        # llm, gateway under open-loop load; then durability
+    python -m benchmarks.reliability soak --minutes 10  # make soak: mixed load at 70% of capacity
+    python -m benchmarks.reliability chaos durability soak --minutes 2   # all three on one stack
 
-Each command starts its own stack (`--state-dir`), measures, and writes ITS sections into
+A run starts one stack (`--state-dir`), measures the named sections in order, and writes each into
 benchmarks/results/reliability.json (other sections, e.g. "fuzz", are kept: `write_section`), then
 renders reliability.md from the whole file.
 
@@ -56,6 +56,7 @@ from server.health import ANSWER_SERVICE, SERVICE
 from server.triton import TritonEncoders
 
 RESULTS = Path("benchmarks/results/reliability.json")
+SECTIONS = ("chaos", "durability", "soak")
 MIX: dict[Rpc, float] = {"recommend": 3.0, "search": 2.0, "upsert": 1.0}
 ANSWER_MIX: dict[Rpc, float] = {**MIX, "answer": 1.0}
 # Codes a client may see while a dependency is down; anything else (INTERNAL, UNKNOWN, client-side) is a bug.
@@ -68,6 +69,7 @@ HEALTH_POLL_S = 0.2
 ANSWER_TOKENS = 8
 ANSWER_DEADLINE_S = 30.0  # a whole (short) answer on a busy CPU: prompt processing takes seconds
 RECOVERY_TIMEOUT_S = 60.0
+INDEX_ATTEMPTS = 3
 ENCODE_BATCH = 32  # rows per Triton request when checking vectors (the encoders' max batch is 64)
 NEWS_COLLECTION = MilvusSettings().news_collection
 
@@ -593,8 +595,15 @@ def demo_stack(state_dir: Path, console: Console) -> Iterator[tuple[LocalStack, 
     )
     console.log(f"starting the stack under {state_dir}")
     with LocalStack(config) as stack:
-        console.log("indexing the demo catalog")
-        index_catalog(stack.gateway_address, inputs.data_dir)
+        for attempt in range(1, INDEX_ATTEMPTS + 1):  # upserts are idempotent: a retry rewrites the same rows
+            console.log(f"indexing the demo catalog (attempt {attempt})")
+            try:
+                index_catalog(stack.gateway_address, inputs.data_dir)
+                break
+            except grpc.RpcError as error:
+                if attempt == INDEX_ATTEMPTS:
+                    raise
+                console.log(f"indexing failed ({error.code().name}); a busy machine slows Milvus, retrying")
         yield stack, workload(inputs.data_dir)
 
 
@@ -605,16 +614,19 @@ def build_parser() -> argparse.ArgumentParser:
         f"results go into {RESULTS} (+ .md), one section per command.",
     )
     parser.add_argument("--state-dir", type=Path, help="where the stack keeps its data (default: a new temp dir)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    chaos_cmd = commands.add_parser("chaos", help="SIGKILL triton, milvus, llm, gateway under load; then durability")
-    chaos_cmd.add_argument("--load-fraction", type=float, default=0.5, help="open-loop rate / capacity (0.5)")
-    chaos_cmd.add_argument("--down-s", type=float, default=3.0, help="seconds each part stays dead (3)")
-    chaos_cmd.add_argument("--settle-s", type=float, default=10.0, help="seconds of load after recovery (10)")
-    commands.add_parser("durability", help="acknowledged upserts/deletes vs SIGKILL of milvus and of the gateway")
-    soak_cmd = commands.add_parser("soak", help="mixed load at 70%% of capacity; RSS, fds and errors per process")
-    soak_cmd.add_argument("--minutes", type=float, default=10.0, help="length of the run (10)")
-    soak_cmd.add_argument("--load-fraction", type=float, default=0.7, help="open-loop rate / capacity (0.7)")
-    soak_cmd.add_argument("--sample-s", type=float, default=10.0, help="seconds between RSS/fd samples (10)")
+    parser.add_argument(
+        "sections",
+        nargs="+",
+        choices=SECTIONS,
+        help="what to measure, in order, on one stack: chaos (SIGKILL triton, milvus, llm, gateway under load), "
+        "durability (acknowledged upserts/deletes vs SIGKILL of milvus and of the gateway), soak (mixed load, "
+        "RSS, fds and errors per process)",
+    )
+    parser.add_argument("--load-fraction", type=float, help="open-loop rate / capacity (chaos 0.5, soak 0.7)")
+    parser.add_argument("--down-s", type=float, default=3.0, help="chaos: seconds each part stays dead (3)")
+    parser.add_argument("--settle-s", type=float, default=10.0, help="chaos: seconds of load after recovery (10)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="soak: length of the run (10)")
+    parser.add_argument("--sample-s", type=float, default=10.0, help="soak: seconds between RSS/fd samples (10)")
     return parser
 
 
@@ -623,12 +635,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="recstack-reliability-"))
     with demo_stack(state_dir, console) as (stack, factory):
-        if args.command == "chaos":
-            write_section("chaos", chaos(stack, factory, args.load_fraction, args.down_s, args.settle_s))
-        if args.command in ("chaos", "durability"):
-            write_section("durability", durability(stack))
-        if args.command == "soak":
-            write_section("soak", soak(stack, factory, args.minutes, args.load_fraction, args.sample_s))
+        for section in args.sections:
+            console.log(f"measuring {section}")
+            if section == "chaos":
+                fraction = args.load_fraction or 0.5
+                write_section(section, chaos(stack, factory, fraction, args.down_s, args.settle_s))
+            elif section == "durability":
+                write_section(section, durability(stack))
+            else:
+                fraction = args.load_fraction or 0.7
+                write_section(section, soak(stack, factory, args.minutes, fraction, args.sample_s))
     console.print_json(RESULTS.read_text())
     return 0
 
