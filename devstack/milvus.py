@@ -15,8 +15,10 @@ writes need no flush to survive a stop or a SIGKILL (tests/test_reliability_stac
 until the data node writes them into segments (`dataNode.segment.syncPeriod` 600 s, or 16 MB of a
 segment) they are in the rocksmq log (rocksdb, DIR/data/rocksmq), which a restart replays. What that
 covers is the Milvus process dying; a machine crash or power loss is not tested and not claimed
-(rocksdb appends its write-ahead log without an fsync per write unless told to). Ready means client calls work, reads of every loaded collection
-included: ~9 s on a new directory, ~18 s for a restart (see `session_ttl_s`). If the Python process dies
+(rocksdb appends its write-ahead log without an fsync per write unless told to).
+
+Ready means client calls work, reads of every loaded collection included: ~9 s on a new directory,
+~18 s for a restart (see `session_ttl_s`). If the Python process dies
 without calling `stop`, Milvus keeps running (it has its own session): stop it by pid (DIR/logs).
 
 Settings the template lacks go in as environment variables, which Milvus maps onto its config keys:
