@@ -11,7 +11,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help setup proto data train export up down demo test lint fuzz loop bench bench-ci clean
+.PHONY: help setup proto data train export up down demo test lint fuzz loop bench bench-ci chaos soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,6 +84,15 @@ bench: setup  ## full benchmark suite (ours vs naive, overhead, 10k-1M items, re
 
 bench-ci: setup  ## short benchmark, fails on a ratio over benchmarks/budgets.yaml -> benchmarks/results/ci.*
 	$(PY) -m benchmarks.suite ci
+
+chaos: setup  ## SIGKILL triton, milvus, llm, gateway under load + write durability -> benchmarks/results/reliability.*
+	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
+	$(PY) -m benchmarks.reliability chaos durability
+
+SOAK_MINUTES ?= 10
+soak: setup  ## 10 min (SOAK_MINUTES=2: shorter) of mixed load at 70% of capacity: RSS, fds, errors -> reliability.* (not in CI)
+	@test -f artifacts/serving/triton-cpu/nrms_news_encoder/config.pbtxt || $(MAKE) --no-print-directory export
+	$(PY) -m benchmarks.reliability soak --minutes $(SOAK_MINUTES)
 
 clean:  ## remove generated artifacts (keeps .venv)
 	rm -rf artifacts build

@@ -53,6 +53,12 @@ class LocalLLMServer:
         self._process.start()
         return self
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("the LLM server was never started")
+        return self._process.pid
+
     def stop(self) -> None:
         if self._process is not None:
             self._process.stop()

@@ -11,8 +11,14 @@ SIGKILLs Milvus after 1 s (SIGTERM to it orphans Milvus). Here every port is fix
 MilvusServer, Milvus is the managed process itself, and `stop` is SIGINT, then SIGKILL after the grace.
 
 Data (etcd metadata, rocksmq log, segments) lives under DIR/data and survives restarts; acknowledged
-writes need no flush to survive a stop. Ready means client calls work, reads of every loaded collection
-included: ~9 s on a new directory, ~18 s for a restart (see `session_ttl_s`). If the Python process dies
+writes need no flush to survive a stop or a SIGKILL (tests/test_reliability_stack.py, `make chaos`):
+until the data node writes them into segments (`dataNode.segment.syncPeriod` 600 s, or 16 MB of a
+segment) they are in the rocksmq log (rocksdb, DIR/data/rocksmq), which a restart replays. What that
+covers is the Milvus process dying; a machine crash or power loss is not tested and not claimed
+(rocksdb appends its write-ahead log without an fsync per write unless told to).
+
+Ready means client calls work, reads of every loaded collection included: ~9 s on a new directory,
+~18 s for a restart (see `session_ttl_s`). If the Python process dies
 without calling `stop`, Milvus keeps running (it has its own session): stop it by pid (DIR/logs).
 
 Settings the template lacks go in as environment variables, which Milvus maps onto its config keys:

@@ -33,7 +33,8 @@ Read-your-writes, designed for Milvus 2.3.5 (shared PLAYBOOK): writes wait, read
   Cost and limits: one time-tick wait per upsert/delete call, however many rows (bulk: 5.5k rows/s);
   with several in-memory replicas of a collection a read may reach a replica that has not caught up,
   so such deployments need Strong reads or a shared guarantee timestamp. Durability needs no `flush`
-  (acknowledged writes survived a stop and restart; a flush cost ~1 s per collection).
+  (acknowledged writes survived a stop, and a SIGKILL right after the acknowledgement, then a restart:
+  tests/test_reliability_stack.py; a flush cost ~1 s per collection). Not claimed: a machine crash.
 """
 
 from __future__ import annotations
