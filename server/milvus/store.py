@@ -40,9 +40,12 @@ Read-your-writes, designed for Milvus 2.3.5 (shared PLAYBOOK): writes wait, read
 from __future__ import annotations
 
 import asyncio
+import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +54,7 @@ from pymilvus import AsyncMilvusClient, MilvusClient
 from contract.schemas import ID, NEWS_FIELDS, PASSAGE_FIELDS, VECTOR
 from server.config import MilvusSettings
 from server.domain import Filters, Hit
+from server.errors import DependencyUnavailable
 from server.milvus import lite
 from server.milvus.arguments import check_fields, check_limit, check_rows, query_vectors, unique_ids
 from server.milvus.errors import guarded
@@ -60,6 +64,7 @@ from server.milvus.schema import METRIC, CollectionSpec, HnswParams, Layout, ens
 
 T = TypeVar("T")
 
+DEFAULT_PORT = 19530  # Milvus's gRPC port when a URI names none
 # The query parameter of pymilvus's query_iterator: a limited query then returns the first rows in id order.
 PK_ORDER = {"iterator": "True"}
 
@@ -73,6 +78,7 @@ class MilvusStore:
     _layouts: dict[str, Layout] = field(default_factory=dict, init=False, repr=False)
     _ensured: tuple[str, ...] = field(default=(), init=False, repr=False)
     _raw: RawSearch | None = field(default=None, init=False, repr=False)
+    _refused_since: float | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         lite.prepare(self.settings.uri)
@@ -326,7 +332,13 @@ class MilvusStore:
 
     async def ready(self) -> bool:
         """True when Milvus serves reads of the collections ensured by this store (or, before
-        ensure_collections, answers at all); never raises."""
+        ensure_collections, answers at all); never raises.
+
+        A failed probe also checks whether Milvus's port refuses connections (the process is gone): until a
+        later probe succeeds, calls then fail at once with UNAVAILABLE instead of waiting out their deadline
+        in pymilvus's retries, which would hold admission slots and teach admission control an outage's
+        latency. A slow or starting Milvus still accepts connections and is not failed fast.
+        """
         budget = self.settings.health_timeout_s
         try:
             async with asyncio.timeout(budget):
@@ -334,9 +346,12 @@ class MilvusStore:
                     await self._client.list_collections(timeout=budget)
                 for name in self._ensured:
                     await self._count(name, budget)
-                return True
         except Exception:  # a health probe reports, it does not raise
+            refused = await connection_refused(self.settings.uri, budget)
+            self._refused_since = (self._refused_since or time.monotonic()) if refused else None
             return False
+        self._refused_since = None
+        return True
 
     async def close(self) -> None:
         """Close the connection; for Milvus Lite also stop its in-process server so the file is released."""
@@ -365,7 +380,33 @@ class MilvusStore:
         return self._layouts[collection]
 
     async def _call(self, what: str, call: Awaitable[T], timeout: float, argument: str) -> T:
+        self._fail_fast_when_refused(call)
         return await guarded(f"{what} ({self.settings.uri})", call, timeout, argument)
+
+    def _fail_fast_when_refused(self, call: Awaitable[Any] | None = None) -> None:
+        """DependencyUnavailable at once while the health probe finds Milvus's port refusing connections."""
+        if self._refused_since is None:
+            return
+        if inspect.iscoroutine(call):
+            call.close()  # never awaited: close it so Python does not warn
+        down_s = time.monotonic() - self._refused_since
+        raise DependencyUnavailable("milvus", f"{self.settings.uri} refuses connections (for {down_s:.1f} s)")
+
+
+async def connection_refused(uri: str, timeout: float) -> bool:
+    """True when nothing listens at a server URI's host and port (a Milvus Lite file: never)."""
+    if lite.is_lite(uri):
+        return False
+    address = urlsplit(uri if "://" in uri else f"http://{uri}")
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(address.hostname, address.port or DEFAULT_PORT)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError):
+        return False  # unreachable for another reason (slow, filtered): not known to be down
+    writer.close()
+    return False
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

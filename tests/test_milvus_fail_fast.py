@@ -1,0 +1,43 @@
+"""A Milvus whose port refuses connections is failed fast (UNAVAILABLE at once), not waited on until the deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import numpy as np
+import pytest
+
+from devstack.process import free_port
+from server.config import MilvusSettings
+from server.errors import DependencyTimeout, DependencyUnavailable
+from server.milvus import MilvusStore
+from server.milvus.store import connection_refused
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_connection_refused_tells_a_closed_port_from_a_listening_one() -> None:
+    port = free_port()
+    assert await connection_refused(f"http://127.0.0.1:{port}", 1.0)
+    with socket.create_server(("127.0.0.1", port)):
+        assert not await connection_refused(f"http://127.0.0.1:{port}", 1.0)
+    assert not await connection_refused("/tmp/some-milvus-lite.db", 1.0)
+
+
+async def test_after_a_refused_probe_calls_fail_at_once_and_a_listening_port_lifts_it() -> None:
+    port = free_port()
+    store = MilvusStore(MilvusSettings(uri=f"http://127.0.0.1:{port}", timeout_s=30.0, health_timeout_s=0.5))
+    try:
+        assert not await store.ready()
+        with pytest.raises(DependencyUnavailable, match="refuses connections"):
+            await store.get("news", ["N1"], ["title"])  # without the fast path: pymilvus retries for 30 s
+        with pytest.raises(DependencyUnavailable, match="refuses connections"):
+            await store.search("news", np.ones((1, 4), np.float32), 3)
+        with socket.create_server(("127.0.0.1", port)):  # something listens again (Milvus restarting)
+            assert not await store.ready()
+            with pytest.raises((DependencyTimeout, DependencyUnavailable)) as error:
+                await store.get("news", ["N1"], ["title"], timeout=0.5)
+            assert "refuses connections" not in str(error.value)
+    finally:
+        await asyncio.wait_for(store.close(), 10)
