@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from gateway_fixtures import NEWS, NewsIndex
+from gateway_fixtures import NEWS, NewsIndex, recommend_service
 
 from recstack.v1 import gateway_pb2_grpc
-from server.config import FeedbackSettings, GatewaySettings, RagSettings
+from server.config import FeedbackSettings
 from server.feedback import FeedbackRecorder
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.recommend import (
@@ -27,7 +27,6 @@ from server.pipeline.recommend import (
     UserVector,
 )
 from server.pipeline.recommend import personal_stages as personal
-from server.requests import RequestValidator
 from server.service import GatewayService
 
 TITLES = {"a": "Markets rally", "b": "Cup final\ttonight", "c": "Rates on hold"}
@@ -55,16 +54,8 @@ def feedback_service(log_dir: Path, **settings: float) -> GatewayService:
         personal(AnnCandidates(NewsIndex(), catalog)),
         [],
     )
-    return GatewayService(
-        RequestValidator(GatewaySettings()),
-        recommender,
-        search=None,
-        ingest=None,
-        answerer=None,
-        rag=RagSettings(),
-        request_timeout_s=10.0,
-        answer_timeout_s=10.0,
-        feedback=FeedbackRecorder.from_settings(FeedbackSettings(log_dir=log_dir, **settings)),
+    return recommend_service(
+        recommender, feedback=FeedbackRecorder.from_settings(FeedbackSettings(log_dir=log_dir, **settings))
     )
 
 

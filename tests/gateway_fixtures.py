@@ -19,6 +19,7 @@ from server.admission import Admission
 from server.batching import BatchedEncoders, BatchedSearch
 from server.config import GatewaySettings, RagSettings
 from server.domain import Hit
+from server.feedback import FeedbackRecorder
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import CatalogClock
 from server.pipeline.recommend import (
@@ -87,6 +88,27 @@ class Gateway:
     index: NewsIndex
 
 
+def recommend_service(
+    recommender: Recommender,
+    request_timeout_s: float = 10.0,
+    admission: Admission | None = None,
+    feedback: FeedbackRecorder | None = None,
+) -> GatewayService:
+    """A GatewayService with Recommend (and LogFeedback, given `feedback`) wired; the other RPCs have nothing."""
+    return GatewayService(
+        RequestValidator(GatewaySettings()),
+        recommender,
+        search=None,
+        ingest=None,
+        answerer=None,
+        rag=RagSettings(),
+        request_timeout_s=request_timeout_s,
+        answer_timeout_s=request_timeout_s,
+        admission=admission,
+        feedback=feedback,
+    )
+
+
 @contextlib.asynccontextmanager
 async def gateway(request_timeout_s: float = 10.0, admission: Admission | None = None) -> AsyncIterator[Gateway]:
     """A gateway serving Recommend in this process; one Triton and one Milvus call in flight at a time."""
@@ -100,17 +122,7 @@ async def gateway(request_timeout_s: float = 10.0, admission: Admission | None =
         personal_stages(AnnCandidates(BatchedSearch(index, max_batch=8, max_in_flight=1), catalog)),
         [ColdStart(None, "news", CatalogClock(), window_days=1, pool=10)],
     )
-    service = GatewayService(
-        RequestValidator(GatewaySettings()),
-        recommender,
-        search=None,
-        ingest=None,
-        answerer=None,
-        rag=RagSettings(),
-        request_timeout_s=request_timeout_s,
-        answer_timeout_s=request_timeout_s,
-        admission=admission,
-    )
+    service = recommend_service(recommender, request_timeout_s, admission=admission)
     server = grpc.aio.server()
     gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")

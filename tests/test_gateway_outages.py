@@ -12,19 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recstack.v1 import gateway_pb2 as pb
 from server.health import ANSWER_SERVICE, SERVICE
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +44,10 @@ def test_triton_down_is_unavailable_then_recovers(stack, gateway, health) -> Non
     try:
         assert_unavailable(lambda: search(gateway))
         assert_unavailable(lambda: gateway.Recommend(pb.RecommendRequest(history=[pb.HistoryItem(title="t")], k=3)))
-        wait_for(lambda: health(SERVICE) == NOT_SERVING, 10, "health NOT_SERVING")
+        wait_until(lambda: health(SERVICE) == NOT_SERVING, 10, "health NOT_SERVING")
     finally:
         stack.triton.start()
-    wait_for(lambda: health(SERVICE) == SERVING, 60, "health SERVING again")
+    wait_until(lambda: health(SERVICE) == SERVING, 60, "health SERVING again")
     assert search(gateway).passages
 
 
@@ -62,22 +55,22 @@ def test_milvus_down_is_unavailable_then_recovers(stack, gateway, health) -> Non
     stack.milvus.stop()
     try:
         assert_unavailable(lambda: search(gateway))
-        wait_for(lambda: health(SERVICE) == NOT_SERVING, 10, "health NOT_SERVING")
+        wait_until(lambda: health(SERVICE) == NOT_SERVING, 10, "health NOT_SERVING")
     finally:
         stack.milvus.start()
-    wait_for(lambda: health(SERVICE) == SERVING, 120, "health SERVING again")
-    wait_for(lambda: bool(search(gateway).passages), 30, "search answering again")
+    wait_until(lambda: health(SERVICE) == SERVING, 120, "health SERVING again")
+    wait_until(lambda: bool(search(gateway).passages), 30, "search answering again")
 
 
 def test_llm_down_fails_answer_only_then_recovers(stack, gateway, health) -> None:
     stack.llm.stop()
     try:
         assert_unavailable(lambda: list(gateway.Answer(pb.AnswerRequest(question="why?"), timeout=5)))
-        wait_for(lambda: health(ANSWER_SERVICE) == NOT_SERVING, 10, "Answer health NOT_SERVING")
+        wait_until(lambda: health(ANSWER_SERVICE) == NOT_SERVING, 10, "Answer health NOT_SERVING")
         assert health(SERVICE) == SERVING  # Recommend and Search are unaffected
         assert search(gateway).passages
     finally:
         stack.llm.start()
-    wait_for(lambda: health(ANSWER_SERVICE) == SERVING, 60, "Answer health SERVING again")
+    wait_until(lambda: health(ANSWER_SERVICE) == SERVING, 60, "Answer health SERVING again")
     chunks = list(gateway.Answer(pb.AnswerRequest(question="why?", max_tokens=4), timeout=60))
     assert chunks[-1].done.completion_tokens > 0

@@ -9,8 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from devstack.local import gateway_serving
 from devstack.process import free_port, stop_group
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
+from tests.waiting import wait_until
 
 START_TIMEOUT_S = 240.0  # two workers import the gateway side by side on a busy 2-core machine
 RECOMMENDS_OK = ("recstack_rpc_seconds_count", {"method": "Recommend", "code": "OK"})
@@ -53,14 +53,6 @@ class Supervised:
     @property
     def metrics_dir(self) -> Path:
         return Path(self.events("supervising")[0]["metrics_dir"])
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:g} s: {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
