@@ -136,3 +136,11 @@ def test_make_train_writes_training_json_and_reuses_checkpoints(tiny_data: Datas
     modified = (tmp_path / "ckpt" / "tiny_nrms.pt").stat().st_mtime_ns
     run_training(nrms, two_tower, checkpoints=tmp_path / "ckpt", reports=tmp_path / "reports")
     assert (tmp_path / "ckpt" / "tiny_nrms.pt").stat().st_mtime_ns == modified  # same config: not retrained
+
+
+def test_nrms_fine_tuning_starts_from_the_given_checkpoint(tiny_data: DatasetPaths, tiny_checkpoints) -> None:
+    start = Checkpoint.load(tiny_checkpoints["nrms"])
+    run = tiny_nrms_run(tiny_data, f"init_checkpoint={tiny_checkpoints['nrms']}", "train.lr=1e-12", "train.epochs=1")
+    tuned = train_nrms(run)
+    for name, weights in start.state_dict.items():
+        torch.testing.assert_close(tuned.state_dict[name], weights, atol=1e-6, rtol=0)

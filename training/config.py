@@ -83,6 +83,9 @@ class NRMSRunConfig(Strict):
         lt=1,
         description="Latest fraction of train impressions NRMS never sees; the popularity-aware ranker fits there.",
     )
+    init_checkpoint: Path | None = Field(
+        None, description="Start from this NRMS checkpoint's weights (fine-tuning, e.g. on a feedback log)."
+    )
     metric: str = "auc"
 
 

@@ -175,6 +175,8 @@ def train_nrms(run: NRMSRunConfig) -> Checkpoint:
     index = table.index()
     pretrained = pretrained_word_embeddings() if run.model.pretrained_embeddings else None
     model = NRMS(run.model, pretrained)
+    if run.init_checkpoint is not None:
+        model.load_state_dict(Checkpoint.load(run.init_checkpoint).state_dict)  # same model config, or it raises
     dev_impressions = evaluable(dev.impressions, run.train.max_dev)
     train_impressions, _ = split_for_ranker(train.impressions, run.ranker_holdout)
     steps = -(-sample_count(train_impressions, run.positives_per_impression) // run.train.batch_size)
