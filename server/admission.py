@@ -122,8 +122,10 @@ class AdaptiveLimiter:
 class Admission:
     """The gateway's limiters by RPC method; a method without one is always admitted."""
 
-    def __init__(self, limiters: dict[str, AdaptiveLimiter]) -> None:
-        self.limiters = limiters
+    def __init__(self, limiters: dict[str, AdaptiveLimiter], outage: Callable[[], bool] = lambda: False) -> None:
+        """`outage`: True while a dependency is known to be down (the health probes): requests that time out
+        then measure the outage, not the load, and are not learned from."""
+        self.limiters, self.outage = limiters, outage
         for method, limiter in limiters.items():
             ADMISSION_LIMIT.labels(method).set(limiter.limit)
 
@@ -133,9 +135,11 @@ class Admission:
         settings: AdmissionSettings,
         methods: Iterable[str] = LIMITED_METHODS,
         clock: Callable[[], float] = time.monotonic,
+        outage: Callable[[], bool] = lambda: False,
     ) -> Admission:
         """One limiter per method when enabled, none when not."""
-        return cls({method: AdaptiveLimiter(settings, clock) for method in methods} if settings.enabled else {})
+        limiters = {method: AdaptiveLimiter(settings, clock) for method in methods} if settings.enabled else {}
+        return cls(limiters, outage)
 
     @contextlib.asynccontextmanager
     async def permit(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
@@ -153,7 +157,7 @@ class Admission:
         try:
             yield
         except BaseException as error:
-            sample = signals_load(error)
+            sample = signals_load(error) and not self.outage()
             raise
         finally:
             limiter.release(limiter.clock() - started if sample else None)

@@ -183,7 +183,7 @@ class GatewayApp:
             s.rag,
             request_timeout_s=s.gateway.request_timeout_s,
             answer_timeout_s=s.llm.timeout_s,
-            admission=Admission.from_settings(s.gateway.admission),
+            admission=Admission.from_settings(s.gateway.admission, outage=self.health.outage),
             feedback=FeedbackRecorder.from_settings(s.feedback, self.worker),
         )
 

@@ -50,6 +50,10 @@ class HealthMonitor:
         await self._publish()
         return state
 
+    def outage(self) -> bool:
+        """True while the last probe found Triton or Milvus down (what Recommend and Search need)."""
+        return not all(self.state.get(d, True) for d in self.groups[SERVICE])
+
     async def set_cache_warm(self) -> None:
         """The item cache warm-up has finished: `CACHE_SERVICE` follows the dependencies from now on."""
         self.cache_warm = True

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pytest
 from pydantic import ValidationError
 
-from server.admission import DO_NOT_RETRY_MS, AdaptiveLimiter, Rejection
+from server.admission import DO_NOT_RETRY_MS, AdaptiveLimiter, Admission, Rejection
 from server.config import AdmissionSettings, load_settings
+from server.errors import DependencyTimeout
 
 
 @dataclass
@@ -149,3 +151,33 @@ def test_the_recent_latency_expires_so_deadline_rejections_cannot_last_forever()
     assert lim.try_acquire(0.05) is Rejection.DEADLINE
     clock.now += 0.01
     assert lim.try_acquire(0.05) is None
+
+
+class NoDeadline:
+    """The part of a grpc.aio context that admission reads: a caller without a deadline."""
+
+    def time_remaining(self) -> None:
+        return None
+
+
+def timeouts_seen_by(outage: bool) -> AdaptiveLimiter:
+    """Ten slow Recommends that end on a dependency's deadline, with a dependency down or not."""
+    lim, clock = limiter()
+    admission = Admission({"Recommend": lim}, outage=lambda: outage)
+
+    async def one() -> None:
+        async with admission.permit("Recommend", NoDeadline()):  # type: ignore[arg-type]
+            clock.now += 0.15  # above the 0.1 s target, then the dependency's deadline passes
+            raise DependencyTimeout("milvus", "no answer within the deadline")
+
+    for _ in range(10):
+        with pytest.raises(DependencyTimeout):
+            asyncio.run(one())
+    return lim
+
+
+def test_timeouts_teach_the_limit_except_while_a_dependency_is_down() -> None:
+    loaded = timeouts_seen_by(outage=False)
+    assert loaded.limit == 5 and loaded.recent_latency_s == pytest.approx(0.15)  # load: backs off
+    during_outage = timeouts_seen_by(outage=True)
+    assert during_outage.limit == 10 and during_outage.recent_latency_s is None  # an outage teaches nothing

@@ -1,0 +1,38 @@
+"""The gateway's health monitor: statuses from probes, and what admission control is told of outages."""
+
+from __future__ import annotations
+
+import pytest
+from grpc_health.v1 import health_pb2
+
+from server.health import ANSWER_SERVICE, SERVICE, HealthMonitor
+
+pytestmark = pytest.mark.anyio
+
+
+def probes(state: dict[str, bool]):
+    async def probe(name: str) -> bool:
+        return state[name]
+
+    return {name: (lambda name=name: probe(name)) for name in state}
+
+
+async def status(monitor: HealthMonitor, service: str) -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
+    return (await monitor.servicer.Check(request, None)).status
+
+
+async def test_an_outage_is_triton_or_milvus_down_and_the_llm_alone_is_not() -> None:
+    state = {"triton": True, "milvus": True, "llm": True}
+    monitor = HealthMonitor(probes(state), interval_s=1.0)
+    await monitor.check()
+    assert not monitor.outage() and await status(monitor, SERVICE) == health_pb2.HealthCheckResponse.SERVING
+    state["llm"] = False
+    await monitor.check()
+    assert not monitor.outage() and await status(monitor, ANSWER_SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+    state["milvus"] = False
+    await monitor.check()
+    assert monitor.outage() and await status(monitor, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+    state["milvus"] = True
+    await monitor.check()
+    assert not monitor.outage()
