@@ -42,7 +42,13 @@ from pathlib import Path
 from server.config import FeedbackSettings
 from server.domain import FeedbackEvent, RecommendQuery
 from server.errors import DependencyUnavailable, InvalidArgument
-from server.observability import FEEDBACK_CLICKS, FEEDBACK_FORGOTTEN, FEEDBACK_IMPRESSIONS, FEEDBACK_LEFT_OUT
+from server.observability import (
+    FEEDBACK_CLICKS,
+    FEEDBACK_FORGOTTEN,
+    FEEDBACK_IMPRESSIONS,
+    FEEDBACK_LEFT_OUT,
+    FEEDBACK_SHOWN,
+)
 from server.pipeline.common import Item
 from server.pipeline.recommend import Recommendation
 
@@ -302,6 +308,7 @@ class FeedbackRecorder:
             version = served[line.impression_id].model_version
             FEEDBACK_IMPRESSIONS.labels(version).inc()
             FEEDBACK_CLICKS.labels(version).inc(len(line.clicked))
+            FEEDBACK_SHOWN.labels(version).inc(len(line.shown))
         return len(logged), sum(len(line.clicked) for line in logged)
 
     def _check(self, events: Sequence[FeedbackEvent]) -> None:

@@ -18,8 +18,9 @@ Metric names:
   work, because the method's concurrency limit was reached (`limit`) or the caller's deadline was shorter
   than the recent latency (`deadline`); `recstack_admission_limit{method}`: the current adaptive limit
   (see `server.admission`);
-- `recstack_feedback_impressions_total{version}`, `recstack_feedback_clicks_total{version}`: impressions and clicks
-  written durably to the feedback log, by the model version that served them;
+- `recstack_feedback_impressions_total{version}`, `recstack_feedback_clicks_total{version}`,
+  `recstack_feedback_shown_total{version}`: impressions, clicks and shown items written durably to the feedback
+  log, by the model version that served them (click-through rate per version: clicks / shown);
   `recstack_feedback_forgotten_total{reason}`: served answers dropped from memory before their feedback came
   (`expired` after `feedback.impression_ttl_s`, `capacity` beyond `feedback.max_pending_impressions`);
   `recstack_feedback_left_out_ids_total`: shown or history ids not written because MIND's format cannot hold them
@@ -83,6 +84,9 @@ FEEDBACK_IMPRESSIONS = Counter(
     "recstack_feedback_impressions_total", "Impressions written to the feedback log.", ["version"]
 )
 FEEDBACK_CLICKS = Counter("recstack_feedback_clicks_total", "Clicks written to the feedback log.", ["version"])
+FEEDBACK_SHOWN = Counter(
+    "recstack_feedback_shown_total", "Items shown in the impressions written to the feedback log.", ["version"]
+)
 FEEDBACK_FORGOTTEN = Counter(
     "recstack_feedback_forgotten_total", "Served answers forgotten before their feedback came.", ["reason"]
 )

@@ -180,16 +180,19 @@ async def test_events_that_do_not_match_what_was_served_are_rejected_naming_the_
 @pytest.mark.anyio
 async def test_recorded_feedback_counts_by_version_and_uses_the_clients_time(tmp_path: Path) -> None:
     rec = recorder(tmp_path)
-    impressions, clicks = (sample(f"recstack_feedback_{m}_total", version="7") for m in ("impressions", "clicks"))
-    impression_id = served(rec, "N1", "N2")
+    impressions, clicks, shown = (
+        sample(f"recstack_feedback_{m}_total", version="7") for m in ("impressions", "clicks", "shown")
+    )
+    impression_id = served(rec, "N1", "N2", "N3")
     assert await rec.record([FeedbackEvent(impression_id, ("N1", "N2"), NOON)]) == (1, 2)
     assert sample("recstack_feedback_impressions_total", version="7") == impressions + 1
     assert sample("recstack_feedback_clicks_total", version="7") == clicks + 2
+    assert sample("recstack_feedback_shown_total", version="7") == shown + 3
     (logged,) = load_feedback_log(tmp_path).impressions
     assert (logged.impression_id, logged.time, logged.labels) == (
         impression_id,
         datetime(2026, 11, 30, 12, 5, 9),
-        (1, 1),
+        (1, 1, 0),
     )
 
 
