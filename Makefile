@@ -65,8 +65,8 @@ demo: setup  ## the whole product on embedded defaults: data, training, export, 
 test: setup  ## run the test suite (unit + end-to-end against the real local stack)
 	$(PY) -m pytest
 
-fuzz: setup  ## generated requests to every RPC of a real gateway, long run -> benchmarks/results/fuzz.json
-	RECSTACK_FUZZ_EXAMPLES=$${RECSTACK_FUZZ_EXAMPLES:-1000} RECSTACK_FUZZ_REPORT=benchmarks/results/fuzz.json \
+fuzz: setup  ## generated requests to every RPC of a real gateway, long run -> benchmarks/results/reliability.json
+	RECSTACK_FUZZ_EXAMPLES=$${RECSTACK_FUZZ_EXAMPLES:-1000} RECSTACK_FUZZ_REPORT=benchmarks/results/reliability.json \
 		$(PY) -m pytest tests/test_fuzz.py -q
 
 loop: setup  ## feedback loop: readers click, retrain on the log, A/B the new version -> artifacts/reports/loop.json

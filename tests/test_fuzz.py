@@ -9,12 +9,11 @@ INTERNAL or UNKNOWN, never DEADLINE_EXCEEDED: the gateway answers well before th
 keeps its contract, and after each method the gateway is still SERVING and answers a plain request.
 
 `make fuzz` runs the same tests longer (`RECSTACK_FUZZ_EXAMPLES`, default 40 per method here) and writes
-the counts to `RECSTACK_FUZZ_REPORT` when set.
+the counts as the "fuzz" section of the reliability results named by `RECSTACK_FUZZ_REPORT`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.reliability import write_section
 from devstack.local import gateway_serving
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
@@ -89,7 +89,7 @@ def fuzz_gateway(stack, tmp_path_factory) -> Iterator[FuzzGateway]:
     if REPORT:
         failures = sum(n for key, n in CODES.items() if key.endswith((":INTERNAL", ":UNKNOWN")))
         summary = {"examples": sum(CODES.values()), "internal_errors": failures, "codes": dict(sorted(CODES.items()))}
-        Path(REPORT).write_text(json.dumps(summary, indent=2) + "\n")
+        write_section("fuzz", summary, Path(REPORT))
 
 
 def near_valid(method: str) -> st.SearchStrategy[Message]:
