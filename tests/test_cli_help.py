@@ -66,3 +66,16 @@ def test_every_devstack_argument_has_help() -> None:
     text = help_text("devstack")
     assert "--metrics-port" in text and "--state-dir" in text
     assert entries_without_help(text) == []
+
+
+def test_every_argument_of_the_operations_commands_has_help() -> None:
+    commands = [
+        ("server.cli", "feedback"),
+        ("server.rollout",),
+        ("server.rollout", "rollout"),
+        ("benchmarks.loop",),
+        ("benchmarks.reliability",),
+        ("benchmarks.workers",),
+    ]
+    for command in commands:
+        assert entries_without_help(help_text(*command)) == [], command
