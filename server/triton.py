@@ -33,6 +33,8 @@ from contract.tokenizer import TextTokenizer
 from server.config import TritonSettings
 from server.errors import DependencyTimeout, DependencyUnavailable
 
+RECONNECT_BACKOFF_MS = 1000  # the longest wait between reconnection attempts to a Triton that is down
+
 
 class TritonEncoders:
     """The four served encoders behind one client."""
@@ -148,6 +150,11 @@ def _credentials(settings: TritonSettings) -> grpc.ChannelCredentials | None:
 def _channel(url: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
     options = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE)]
     options.append(("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE))
+    # gRPC's reconnect backoff grows to 120 s while Triton is down, so calls would keep failing for up to two
+    # minutes after it is back (the health probe, on tritonclient's own channel, already says SERVING): retry
+    # the connection at least every second instead.
+    options.append(("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS))
+    options.append(("grpc.initial_reconnect_backoff_ms", min(RECONNECT_BACKOFF_MS, 200)))
     if credentials is None:
         return grpc.aio.insecure_channel(url, options=options)
     return grpc.aio.secure_channel(url, credentials, options=options)

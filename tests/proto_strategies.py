@@ -57,12 +57,12 @@ MAX_DEPTH = 4
 
 def hostile_text() -> st.SearchStrategy[str]:
     """Strings a gateway must survive: any unicode, control and format characters, limit-sized and huge."""
-    control = st.characters(categories=["Cc", "Cf", "Zs", "Zl", "Zp"])
+    control = st.characters(categories=["Cc", "Cf", "Zs", "Zl", "Zp"], codec="utf-8")
     return st.one_of(
         st.text(max_size=40),
         st.text(alphabet=control, max_size=10),
         st.sampled_from(HOSTILE_STRINGS),
-        st.builds(lambda ch, n: ch * n, st.characters(), st.sampled_from(EDGE_LENGTHS)),
+        st.builds(lambda ch, n: ch * n, st.characters(codec="utf-8"), st.sampled_from(EDGE_LENGTHS)),
     )
 
 

@@ -167,13 +167,13 @@ def test_workers_that_cannot_start_end_the_supervisor_with_status_1_and_their_er
         **os.environ,
         "RECSTACK_GATEWAY__WORKERS": "2",
         "RECSTACK_GATEWAY__METRICS_PORT": "0",
-        "RECSTACK_SECURITY__TOKENS_FILE": str(tmp_path / "missing-tokens.yaml"),  # read by workers, at start
+        "RECSTACK_TRITON__TOKENIZER_DIR": str(tmp_path / "missing-tokenizers"),  # read by workers, at start
     }
     done = subprocess.run(
         [sys.executable, "-m", "server", "--port", "0"], capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 1
-    assert "missing-tokens.yaml" in done.stderr
+    assert "missing-tokenizers" in done.stderr
     assert done.stderr.count('"event": "worker_exited"') >= 2  # retried before giving up
     assert '"event": "supervisor_failed"' in done.stderr
 

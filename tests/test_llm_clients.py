@@ -18,7 +18,7 @@ import pytest
 
 from devstack.process import free_port
 from server.config import LLMSettings
-from server.errors import DependencyTimeout, DependencyUnavailable, Overloaded
+from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, Overloaded
 from server.llm import (
     ChatMessage,
     GenerationRequest,
@@ -179,6 +179,7 @@ async def test_error_object_mid_stream_fails_after_the_text_so_far(protocol: str
         (503, {"error": "model is loading"}, DependencyUnavailable, "HTTP 503: model is loading"),
         (500, {"error": {"message": "out of memory", "type": "server_error"}}, DependencyUnavailable, "out of memory"),
         (404, {"error": 'model "smollm2" not found'}, DependencyUnavailable, "HTTP 404"),
+        (400, {"error": "Requested tokens (2600) exceed context window of 2048"}, InvalidArgument, "context window"),
     ],
 )
 async def test_http_errors_map_to_gateway_errors(

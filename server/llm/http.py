@@ -7,7 +7,10 @@ mapped to `server.errors` here, in one place:
 | what happened                                         | raised                                  |
 |-------------------------------------------------------|-----------------------------------------|
 | connection refused, DNS failure, reset, other HTTP    | DependencyUnavailable("llm", ...)       |
-| errors (5xx, 404 unknown model, 400 prompt too long)  |                                         |
+| errors (5xx, 404 unknown model)                       |                                         |
+| HTTP 400 (e.g. a prompt longer than the model's       | InvalidArgument("question", ...): the   |
+| context)                                              | question is the only part of the prompt |
+|                                                       | a request controls unbounded by settings|
 | the call's deadline or the read timeout passed        | DependencyTimeout("llm", ...)           |
 | HTTP 429, or 503 saying the server's queue is full    | Overloaded                              |
 | a line that is not the protocol's JSON, or a stream   | DependencyUnavailable("llm",            |
@@ -31,7 +34,7 @@ from typing import Any, ClassVar, Protocol
 import httpx
 
 from server.config import LLMSettings
-from server.errors import DependencyTimeout, DependencyUnavailable, Overloaded
+from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, Overloaded
 from server.llm.types import GenerationRequest, TokenChunk
 
 LLM = "llm"
@@ -167,6 +170,8 @@ async def _raise_for_status(response: httpx.Response) -> None:
     )
     if response.status_code == httpx.codes.TOO_MANY_REQUESTS or queue_full:
         raise Overloaded(f"{LLM} overloaded: {message}")
+    if response.status_code == httpx.codes.BAD_REQUEST:
+        raise InvalidArgument("question", f"the {LLM} rejected the prompt built from it: {message}")
     raise DependencyUnavailable(LLM, f"HTTP {response.status_code}: {message}")
 
 

@@ -65,6 +65,7 @@ from server.milvus.schema import METRIC, CollectionSpec, HnswParams, Layout, ens
 T = TypeVar("T")
 
 DEFAULT_PORT = 19530  # Milvus's gRPC port when a URI names none
+REFUSED_RECHECK_S = 0.25  # how often calls re-check a Milvus port found refusing connections
 # The query parameter of pymilvus's query_iterator: a limited query then returns the first rows in id order.
 PK_ORDER = {"iterator": "True"}
 
@@ -79,6 +80,7 @@ class MilvusStore:
     _ensured: tuple[str, ...] = field(default=(), init=False, repr=False)
     _raw: RawSearch | None = field(default=None, init=False, repr=False)
     _refused_since: float | None = field(default=None, init=False, repr=False)
+    _refused_checked_at: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         lite.prepare(self.settings.uri)
@@ -348,7 +350,8 @@ class MilvusStore:
                     await self._count(name, budget)
         except Exception:  # a health probe reports, it does not raise
             refused = await connection_refused(self.settings.uri, budget)
-            self._refused_since = (self._refused_since or time.monotonic()) if refused else None
+            self._refused_checked_at = time.monotonic()
+            self._refused_since = (self._refused_since or self._refused_checked_at) if refused else None
             return False
         self._refused_since = None
         return True
@@ -380,17 +383,23 @@ class MilvusStore:
         return self._layouts[collection]
 
     async def _call(self, what: str, call: Awaitable[T], timeout: float, argument: str) -> T:
-        self._fail_fast_when_refused(call)
+        if self._refused_since is not None and await self._still_refused():
+            if inspect.iscoroutine(call):
+                call.close()  # never awaited: close it so Python does not warn
+            down_s = time.monotonic() - self._refused_since
+            raise DependencyUnavailable("milvus", f"{self.settings.uri} refuses connections (for {down_s:.1f} s)")
         return await guarded(f"{what} ({self.settings.uri})", call, timeout, argument)
 
-    def _fail_fast_when_refused(self, call: Awaitable[Any] | None = None) -> None:
-        """DependencyUnavailable at once while the health probe finds Milvus's port refusing connections."""
-        if self._refused_since is None:
-            return
-        if inspect.iscoroutine(call):
-            call.close()  # never awaited: close it so Python does not warn
-        down_s = time.monotonic() - self._refused_since
-        raise DependencyUnavailable("milvus", f"{self.settings.uri} refuses connections (for {down_s:.1f} s)")
+    async def _still_refused(self) -> bool:
+        """Whether Milvus's port, found refusing connections by a health probe, still does: re-checked at most every
+        REFUSED_RECHECK_S (a loopback or LAN connect attempt takes well under a millisecond), so a store whose
+        probes stopped (or that has none) serves again as soon as Milvus listens."""
+        now = time.monotonic()
+        if now - self._refused_checked_at >= REFUSED_RECHECK_S:
+            self._refused_checked_at = now
+            if not await connection_refused(self.settings.uri, self.settings.health_timeout_s):
+                self._refused_since = None
+        return self._refused_since is not None
 
 
 async def connection_refused(uri: str, timeout: float) -> bool:
