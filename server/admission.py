@@ -35,12 +35,13 @@ from enum import StrEnum
 import grpc
 
 from server.config import AdmissionSettings
-from server.errors import DependencyTimeout, Overloaded
+from server.errors import DependencyTimeout, DependencyUnavailable, Overloaded
 from server.observability import ADMISSION_LIMIT, ADMISSION_REJECTED
 
 LIMITED_METHODS = ("Recommend", "Search")
 DO_NOT_RETRY_MS = -1
 STALE_AFTER_WINDOWS = 10
+Outage = Callable[[], str | None]
 
 
 class Rejection(StrEnum):
@@ -122,9 +123,10 @@ class AdaptiveLimiter:
 class Admission:
     """The gateway's limiters by RPC method; a method without one is always admitted."""
 
-    def __init__(self, limiters: dict[str, AdaptiveLimiter], outage: Callable[[], bool] = lambda: False) -> None:
-        """`outage`: True while a dependency is known to be down (the health probes): requests that time out
-        then measure the outage, not the load, and are not learned from."""
+    def __init__(self, limiters: dict[str, AdaptiveLimiter], outage: Outage = lambda: None) -> None:
+        """`outage`: the name of a dependency known to be down now (health probes, circuits), else None.
+        Requests that time out then measure the outage, not the load, and are not learned from; a full
+        limit then is the outage's doing too, and is answered UNAVAILABLE, not RESOURCE_EXHAUSTED."""
         self.limiters, self.outage = limiters, outage
         for method, limiter in limiters.items():
             ADMISSION_LIMIT.labels(method).set(limiter.limit)
@@ -135,7 +137,7 @@ class Admission:
         settings: AdmissionSettings,
         methods: Iterable[str] = LIMITED_METHODS,
         clock: Callable[[], float] = time.monotonic,
-        outage: Callable[[], bool] = lambda: False,
+        outage: Outage = lambda: None,
     ) -> Admission:
         """One limiter per method when enabled, none when not."""
         limiters = {method: AdaptiveLimiter(settings, clock) for method in methods} if settings.enabled else {}
@@ -151,13 +153,16 @@ class Admission:
         reason = limiter.try_acquire(context.time_remaining())
         if reason is not None:
             ADMISSION_REJECTED.labels(method, reason.value).inc()
+            down = self.outage() if reason is Rejection.LIMIT else None
+            if down is not None:
+                raise DependencyUnavailable(down, f"{method} not admitted: {limiter.in_flight} requests wait on it")
             raise Overloaded(rejection_message(method, reason, limiter), retry_pushback_ms=limiter.pushback_ms(reason))
         started = limiter.clock()
         sample = True
         try:
             yield
         except BaseException as error:
-            sample = signals_load(error) and not self.outage()
+            sample = signals_load(error) and self.outage() is None
             raise
         finally:
             limiter.release(limiter.clock() - started if sample else None)

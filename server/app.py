@@ -81,6 +81,7 @@ class GatewayApp:
         self.health = HealthMonitor(
             {"triton": self.encoders.ready, "milvus": self.store.ready, "llm": self.llm.health},
             settings.gateway.health_interval_s,
+            circuits=(self.encoders.circuit, self.store.circuit),
         )
         self.server: grpc.aio.Server | None = None
         self.port = 0

@@ -36,6 +36,12 @@ class TritonSettings(Section):
 
     url: str = "127.0.0.1:8001"
     timeout_s: float = Field(2.0, gt=0, description="Deadline of one inference call.")
+    stall_after_s: float = Field(
+        1.0,
+        ge=0,
+        description="Inference calls fail fast (UNAVAILABLE) once calls have waited this long with none answered, "
+        "until one answers (a trial call goes through every stall_after_s); 0: never.",
+    )
     ssl: bool = Field(False, description="Talk to Triton over TLS (an SSL gRPC channel).")
     ssl_root_certificates: Path | None = Field(None, description="PEM CA bundle to verify Triton (default: system's).")
     ssl_private_key: Path | None = Field(None, description="PEM client key, when Triton asks for a client certificate.")
@@ -71,6 +77,12 @@ class MilvusSettings(Section):
         120.0, gt=0, description="Deadline of ensure_collections (creating, indexing and loading collections)."
     )
     health_timeout_s: float = Field(0.5, gt=0, description="Deadline of one readiness probe.")
+    stall_after_s: float = Field(
+        1.0,
+        ge=0,
+        description="Reads fail fast (UNAVAILABLE) once calls have waited this long with none answered, until one "
+        "answers (a trial call goes through every stall_after_s); 0: never.",
+    )
     news_collection: str = "news"
     passage_collection: str = "passages"
     hnsw_m: int = Field(16, ge=2, le=2048, description="HNSW graph degree (index build parameter M).")

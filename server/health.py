@@ -12,10 +12,12 @@ Service names and what each needs to be SERVING:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 from grpc_health.v1 import health, health_pb2
+
+from server.circuit import Circuit
 
 SERVICE = "recstack.v1.Gateway"
 ANSWER_SERVICE = f"{SERVICE}.Answer"
@@ -26,9 +28,12 @@ log = structlog.get_logger("recstack.health")
 
 
 class HealthMonitor:
-    def __init__(self, probes: dict[str, Probe], interval_s: float) -> None:
+    def __init__(self, probes: dict[str, Probe], interval_s: float, circuits: Sequence[Circuit] = ()) -> None:
+        """`probes` by dependency name, run every `interval_s`; `circuits`: the dependencies' call circuits,
+        which see a hanging dependency before a probe does (`outage`)."""
         self.servicer = health.aio.HealthServicer()
         self.probes = probes
+        self.circuits = circuits
         self.interval_s = interval_s
         serving: list[str] = [d for d in ("triton", "milvus") if d in probes]
         self.groups: dict[str, list[str]] = {
@@ -50,9 +55,13 @@ class HealthMonitor:
         await self._publish()
         return state
 
-    def outage(self) -> bool:
-        """True while the last probe found Triton or Milvus down (what Recommend and Search need)."""
-        return not all(self.state.get(d, True) for d in self.groups[SERVICE])
+    def outage(self) -> str | None:
+        """The dependency Recommend and Search need (Triton, Milvus) that is known down now: its last probe
+        failed or its circuit is open. None while both are up."""
+        for circuit in self.circuits:
+            if circuit.is_open:
+                return circuit.dependency
+        return next((d for d in self.groups[SERVICE] if not self.state.get(d, True)), None)
 
     async def set_cache_warm(self) -> None:
         """The item cache warm-up has finished: `CACHE_SERVICE` follows the dependencies from now on."""

@@ -30,6 +30,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype, tri
 import contract
 from contract import layout
 from contract.tokenizer import TextTokenizer
+from server.circuit import Circuit
 from server.config import TritonSettings
 from server.errors import DependencyTimeout, DependencyUnavailable
 
@@ -49,6 +50,7 @@ class TritonEncoders:
         self._client = triton_aio.InferenceServerClient(settings.url, creds=credentials)
         self._channel = _channel(settings.url, credentials)
         self._infer_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self.circuit = Circuit("triton", settings.stall_after_s)
         self._models = {
             contract.TITLE: settings.news_encoder,
             contract.QUERY: settings.query_encoder,
@@ -127,10 +129,12 @@ class TritonEncoders:
             request.raw_input_contents.append(array.tobytes())
         request.outputs.add(name=contract.EMBEDDING)
         timeout = min(timeout_s, self.settings.timeout_s) if timeout_s else self.settings.timeout_s
-        try:
-            response = await self._infer_stub.ModelInfer(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(model, str(error.code()), error.details() or "") from error
+        self.circuit.check()
+        with self.circuit.watch():
+            try:
+                response = await self._infer_stub.ModelInfer(request, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                raise _mapped(model, str(error.code()), error.details() or "") from error
         (output,) = response.outputs
         embedding = np.frombuffer(response.raw_output_contents[0], dtype=triton_to_np_dtype(output.datatype))
         return embedding.reshape(tuple(output.shape)).astype(np.float32, copy=False)

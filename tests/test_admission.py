@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from server.admission import DO_NOT_RETRY_MS, AdaptiveLimiter, Admission, Rejection
 from server.config import AdmissionSettings, load_settings
-from server.errors import DependencyTimeout
+from server.errors import DependencyTimeout, DependencyUnavailable, Overloaded
 
 
 @dataclass
@@ -163,7 +163,7 @@ class NoDeadline:
 def timeouts_seen_by(outage: bool) -> AdaptiveLimiter:
     """Ten slow Recommends that end on a dependency's deadline, with a dependency down or not."""
     lim, clock = limiter()
-    admission = Admission({"Recommend": lim}, outage=lambda: outage)
+    admission = Admission({"Recommend": lim}, outage=lambda: "milvus" if outage else None)
 
     async def one() -> None:
         async with admission.permit("Recommend", NoDeadline()):  # type: ignore[arg-type]
@@ -181,3 +181,22 @@ def test_timeouts_teach_the_limit_except_while_a_dependency_is_down() -> None:
     assert loaded.limit == 5 and loaded.recent_latency_s == pytest.approx(0.15)  # load: backs off
     during_outage = timeouts_seen_by(outage=True)
     assert during_outage.limit == 10 and during_outage.recent_latency_s is None  # an outage teaches nothing
+
+
+def test_a_full_limit_while_a_dependency_is_down_is_unavailable_not_resource_exhausted() -> None:
+    lim, _ = limiter(min_limit=1, initial_limit=1)
+    down: list[str] = []
+    admission = Admission({"Search": lim}, outage=lambda: down[0] if down else None)
+
+    async def two_at_once() -> None:
+        async with (
+            admission.permit("Search", NoDeadline()),  # type: ignore[arg-type]
+            admission.permit("Search", NoDeadline()),  # type: ignore[arg-type]
+        ):
+            pass
+
+    with pytest.raises(Overloaded):
+        asyncio.run(two_at_once())
+    down.append("milvus")
+    with pytest.raises(DependencyUnavailable, match="milvus unavailable: Search not admitted"):
+        asyncio.run(two_at_once())

@@ -3,8 +3,11 @@ by itself when it comes back. Each test restarts what it stopped, so the shared 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -74,3 +77,31 @@ def test_llm_down_fails_answer_only_then_recovers(stack, gateway, health) -> Non
     wait_until(lambda: health(ANSWER_SERVICE) == SERVING, 60, "Answer health SERVING again")
     chunks = list(gateway.Answer(pb.AnswerRequest(question="why?", max_tokens=4), timeout=60))
     assert chunks[-1].done.completion_tokens > 0
+
+
+def test_a_hanging_milvus_fails_fast_once_its_calls_stall_with_no_resource_exhausted(stack, gateway) -> None:
+    """SIGSTOP: Milvus keeps its port open and answers nothing, as while it restarts. The first calls wait out
+    Milvus's 2 s deadline; once calls have waited `milvus.stall_after_s` (1 s) unanswered, the circuit opens and
+    requests fail at once with UNAVAILABLE (never RESOURCE_EXHAUSTED from slots held by hanging calls); after
+    SIGCONT a trial call finds it answering and Search serves again."""
+    codes: list[grpc.StatusCode] = []
+    os.killpg(stack.milvus.pid, signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(16) as pool:  # 16 at once: above admission's initial limit for Search
+            futures = [pool.submit(search_code, gateway) for _ in range(48)]
+            codes += [future.result()[0] for future in futures]
+        code, elapsed = search_code(gateway)
+        assert code == grpc.StatusCode.UNAVAILABLE and elapsed < 0.5, (code, elapsed)  # failing fast now
+    finally:
+        os.killpg(stack.milvus.pid, signal.SIGCONT)
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
+    wait_until(lambda: search_code(gateway)[0] == grpc.StatusCode.OK, 30, "search answering again")
+
+
+def search_code(gateway) -> tuple[grpc.StatusCode, float]:
+    started = time.monotonic()
+    try:
+        search(gateway)
+    except grpc.RpcError as error:
+        return error.code(), time.monotonic() - started
+    return grpc.StatusCode.OK, time.monotonic() - started

@@ -40,6 +40,7 @@ Read-your-writes, designed for Milvus 2.3.5 (shared PLAYBOOK): writes wait, read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
@@ -52,6 +53,7 @@ from numpy.typing import NDArray
 from pymilvus import AsyncMilvusClient, MilvusClient
 
 from contract.schemas import ID, NEWS_FIELDS, PASSAGE_FIELDS, VECTOR
+from server.circuit import Circuit
 from server.config import MilvusSettings
 from server.domain import Filters, Hit
 from server.errors import DependencyUnavailable
@@ -81,9 +83,11 @@ class MilvusStore:
     _raw: RawSearch | None = field(default=None, init=False, repr=False)
     _refused_since: float | None = field(default=None, init=False, repr=False)
     _refused_checked_at: float = field(default=0.0, init=False, repr=False)
+    circuit: Circuit = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         lite.prepare(self.settings.uri)
+        self.circuit = Circuit("milvus", self.settings.stall_after_s)
         # dedicated: this store owns its channel, so close() really closes it.
         self._client = AsyncMilvusClient(**self.connection, timeout=self.settings.timeout_s, dedicated=True)
 
@@ -110,7 +114,9 @@ class MilvusStore:
             CollectionSpec(self.settings.passage_collection, passage_dim, PASSAGE_FIELDS),
         )
         budget = timeout or self.settings.setup_timeout_s
-        await self._call("ensure_collections", asyncio.to_thread(self._ensure_all, specs, budget), budget, "dims")
+        await self._call(
+            "ensure_collections", asyncio.to_thread(self._ensure_all, specs, budget), budget, "dims", write=True
+        )
         self._layouts.clear()
         self._ensured = tuple(spec.name for spec in specs)
 
@@ -134,7 +140,7 @@ class MilvusStore:
         if last_id is None:
             return 0
         budget = timeout or self.settings.write_timeout_s
-        return await self._call("upsert", self._upsert(collection, rows, last_id, budget), budget, "rows")
+        return await self._call("upsert", self._upsert(collection, rows, last_id, budget), budget, "rows", write=True)
 
     async def _upsert(self, collection: str, rows: Sequence[Mapping[str, Any]], last_id: str, timeout: float) -> int:
         for start in range(0, len(rows), self.settings.write_batch_rows):
@@ -149,7 +155,7 @@ class MilvusStore:
         if not unique:
             return 0
         budget = timeout or self.settings.write_timeout_s
-        return await self._call("delete", self._delete(collection, unique, budget), budget, "ids")
+        return await self._call("delete", self._delete(collection, unique, budget), budget, "ids", write=True)
 
     async def _delete(self, collection: str, ids: list[str], timeout: float) -> int:
         existed = 0
@@ -382,13 +388,21 @@ class MilvusStore:
             self._layouts[collection] = Layout.described(described["fields"])
         return self._layouts[collection]
 
-    async def _call(self, what: str, call: Awaitable[T], timeout: float, argument: str) -> T:
-        if self._refused_since is not None and await self._still_refused():
+    async def _call(self, what: str, call: Awaitable[T], timeout: float, argument: str, write: bool = False) -> T:
+        """`call` under `timeout`, its failures mapped; failing fast while Milvus refuses connections or, for
+        reads, while its circuit is open (writes are left out of the circuit: one large batch may take seconds)."""
+        try:
+            if self._refused_since is not None and await self._still_refused():
+                down_s = time.monotonic() - self._refused_since
+                raise DependencyUnavailable("milvus", f"{self.settings.uri} refuses connections (for {down_s:.1f} s)")
+            if not write:
+                self.circuit.check()
+        except DependencyUnavailable:
             if inspect.iscoroutine(call):
                 call.close()  # never awaited: close it so Python does not warn
-            down_s = time.monotonic() - self._refused_since
-            raise DependencyUnavailable("milvus", f"{self.settings.uri} refuses connections (for {down_s:.1f} s)")
-        return await guarded(f"{what} ({self.settings.uri})", call, timeout, argument)
+            raise
+        with contextlib.nullcontext() if write else self.circuit.watch():
+            return await guarded(f"{what} ({self.settings.uri})", call, timeout, argument)
 
     async def _still_refused(self) -> bool:
         """Whether Milvus's port, found refusing connections by a health probe, still does: re-checked at most every
