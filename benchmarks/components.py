@@ -36,7 +36,7 @@ from benchmarks.loadgen import OK, Reply
 from benchmarks.workload import DemoRequests, Rpc
 from contract.tokenizer import TextTokenizer
 from recstack.v1 import gateway_pb2 as pb
-from server.domain import Hit
+from server.domain import Hits
 from server.milvus import MilvusStore
 
 # What Recommend and Search return per item (RecommendResponse / SearchResponse fields), so the direct
@@ -139,10 +139,10 @@ class Dependencies:
         inputs = {contract.INPUT_IDS: input_ids, contract.ATTENTION_MASK: attention_mask}
         return await triton_infer(self.triton, contract.QUERY_ENCODER, inputs, timeout_s)
 
-    async def search_news(self, vector: np.ndarray, limit: int, timeout_s: float) -> list[list[Hit]]:
+    async def search_news(self, vector: np.ndarray, limit: int, timeout_s: float) -> list[Hits]:
         return await self.store.search(self.news_collection, vector[None], limit, None, NEWS_OUTPUT, timeout_s)
 
-    async def search_passages(self, vector: np.ndarray, limit: int, timeout_s: float) -> list[list[Hit]]:
+    async def search_passages(self, vector: np.ndarray, limit: int, timeout_s: float) -> list[Hits]:
         return await self.store.search(self.passage_collection, vector[None], limit, None, PASSAGE_OUTPUT, timeout_s)
 
     def recommend_calls(self) -> dict[str, DirectClient]:

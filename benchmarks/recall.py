@@ -64,6 +64,6 @@ async def ann_recall(
     found: list[list[str]] = []
     for start in range(0, len(queries), ANN_BATCH):
         hits = await store.search(collection, queries[start : start + ANN_BATCH], k)
-        found.extend([hit.id for hit in query_hits] for query_hits in hits)
+        found.extend(query_hits.ids for query_hits in hits)
     ef = max(store.settings.search_ef, k)
     return Recall(k, recall_at_k(found, exact, k), len(queries), len(catalog.ids), ef)

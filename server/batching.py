@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from server.domain import Filters, Hit
+from server.domain import Filters, Hits
 from server.errors import DependencyTimeout
 from server.observability import BATCH_SIZE, DependencyCall, labelled, latest_dependency_call
 from server.pipeline.common import Encoders, Searcher
@@ -164,7 +164,7 @@ class BatchedSearch:
 
     def __init__(self, store: Searcher, max_batch: int, max_in_flight: int) -> None:
         self.store = store
-        self._coalescer: Coalescer[SearchKey, _Search, list[list[Hit]]] = Coalescer(
+        self._coalescer: Coalescer[SearchKey, _Search, list[Hits]] = Coalescer(
             self._run, "milvus.search", max_batch, max_in_flight
         )
 
@@ -176,12 +176,12 @@ class BatchedSearch:
         filters: Filters | None = None,
         output_fields: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> list[list[Hit]]:
+    ) -> list[Hits]:
         key: SearchKey = (collection, filters or Filters(), tuple(output_fields))
         deadline = _deadline(timeout)
         return await self._coalescer.submit(key, _Search(vectors, limit, deadline), deadline)
 
-    async def _run(self, key: SearchKey, calls: list[_Search]) -> list[list[list[Hit]]]:
+    async def _run(self, key: SearchKey, calls: list[_Search]) -> list[list[Hits]]:
         collection, filters, fields = key
         hits = await self.store.search(
             collection,
@@ -191,11 +191,11 @@ class BatchedSearch:
             fields,
             _time_left(calls),
         )
-        results: list[list[list[Hit]]] = []
+        results: list[list[Hits]] = []
         start = 0
         for call in calls:
             rows = hits[start : start + len(call.vectors)]
-            results.append([row[: call.limit] for row in rows])
+            results.append([row.top(call.limit) for row in rows])
             start += len(call.vectors)
         return results
 

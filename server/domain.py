@@ -3,14 +3,17 @@
 Plain data only: this module imports no client library (no pymilvus, grpc, tritonclient or protobuf),
 so request validation, pipeline stages and their tests can use these types without any of them.
 `server.requests` builds the queries and records; `server.milvus` turns `Filters` into expressions
-and returns `Hit`s.
+and returns `Hits`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,45 @@ class Hit:
     id: str
     score: float
     fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Hits:
+    """One query's search results as columns, best first: `ids[i]` scored `scores[i]`, and
+    `fields[name][i]` for each requested output field.
+
+    Columns, not a `Hit` per result: Recommend asks for 100+ candidates per request, and building an
+    object (and a fields dict) per hit was the largest cost of its candidate stages (profiled). Iterating
+    gives `Hit`s, for consumers that want a few rows (Search's k passages).
+    """
+
+    ids: list[str]
+    scores: NDArray[np.float32]
+    fields: dict[str, list[Any]]
+
+    @classmethod
+    def of(cls, hits: Iterable[Hit], output_fields: Sequence[str] = ()) -> Hits:
+        """Columns from row objects (a fake index, Milvus Lite's results)."""
+        rows = list(hits)
+        return cls(
+            [hit.id for hit in rows],
+            np.array([hit.score for hit in rows], dtype=np.float32),
+            {name: [hit.fields.get(name) for hit in rows] for name in output_fields},
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[Hit]:
+        columns = self.fields
+        for i, (item_id, score) in enumerate(zip(self.ids, self.scores.tolist(), strict=True)):
+            yield Hit(item_id, score, {name: values[i] for name, values in columns.items()})
+
+    def top(self, limit: int) -> Hits:
+        """The best `limit` hits."""
+        if limit >= len(self.ids):
+            return self
+        return Hits(self.ids[:limit], self.scores[:limit], {name: v[:limit] for name, v in self.fields.items()})
 
 
 @dataclass(frozen=True, slots=True)

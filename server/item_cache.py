@@ -20,9 +20,11 @@ vectors and candidates' display fields come from here; Milvus is asked only for 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,18 +64,43 @@ class NewsBatch:
     """News entries as columns: row i of each column belongs to `ids[i]`."""
 
     ids: list[str]
-    vectors: NDArray[np.float32]  # [n, D]
+    vectors: NDArray[np.float32]  # [n, D] (D is 0 where the vectors were not read)
     titles: Strings
     categories: Strings
     published: NDArray[np.int64]
     popularity: NDArray[np.float32]
-    positions: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "positions", {item_id: i for i, item_id in enumerate(self.ids)})
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @functools.cached_property
+    def positions(self) -> dict[str, int]:
+        """Row by id."""
+        return {item_id: i for i, item_id in enumerate(self.ids)}
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]]) -> NewsBatch:
+        """From Milvus rows with `id`, title, category, published and popularity (no vectors)."""
+        return cls(
+            [row["id"] for row in rows],
+            np.zeros((len(rows), 0), np.float32),
+            _strings(row.get("title", "") for row in rows),
+            _strings(row.get("category", "") for row in rows),
+            np.array([int(row.get("published", 0) or 0) for row in rows], dtype=np.int64),
+            np.array([float(row.get("popularity", 0.0) or 0.0) for row in rows], dtype=np.float32),
+        )
+
+    def take(self, rows: NDArray[np.intp]) -> NewsBatch:
+        """The entries at `rows`, in that order."""
+        ids = self.ids
+        return NewsBatch(
+            [ids[i] for i in rows.tolist()],
+            self.vectors[rows],
+            self.titles[rows],
+            self.categories[rows],
+            self.published[rows],
+            self.popularity[rows],
+        )
 
     @classmethod
     def from_entries(cls, entries: Mapping[str, CachedNews]) -> NewsBatch:
@@ -121,7 +148,7 @@ class ItemCache:
 
     def lookup(self, ids: Sequence[str]) -> tuple[NewsBatch, list[str]]:
         """(the fresh entries found, in `ids` order; ids not in memory or expired)."""
-        rows = np.array([self._rows.get(item_id, -1) for item_id in ids], dtype=np.intp)
+        rows = np.fromiter(map(self._rows.get, ids, itertools.repeat(-1)), np.intp, len(ids))
         now = self._clock()
         found = rows >= 0
         found[found] = self._stored[rows[found]] > now - self.ttl_s

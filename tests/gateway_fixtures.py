@@ -18,7 +18,7 @@ from recstack.v1 import gateway_pb2_grpc
 from server.admission import Admission
 from server.batching import BatchedEncoders, BatchedSearch
 from server.config import GatewaySettings, RagSettings
-from server.domain import Hit
+from server.domain import Hit, Hits
 from server.feedback import FeedbackRecorder
 from server.item_cache import CachedNews, ItemCache
 from server.pipeline.common import CatalogClock
@@ -75,10 +75,10 @@ class NewsIndex:
 
     searches: list[int] = field(default_factory=list)
 
-    async def search(self, collection, vectors, limit, filters=None, output_fields=(), timeout=None) -> list[list[Hit]]:
+    async def search(self, collection, vectors, limit, filters=None, output_fields=(), timeout=None) -> list[Hits]:
         self.searches.append(len(vectors))
         ranked = sorted(NEWS, key=lambda item: -float(NEWS[item] @ vectors[0]))
-        return [[Hit(item, float(NEWS[item] @ row), {}) for item in ranked[:limit]] for row in vectors]
+        return [Hits.of(Hit(item, float(NEWS[item] @ row), {}) for item in ranked[:limit]) for row in vectors]
 
 
 @dataclass

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from server.batching import BatchedEncoders, BatchedSearch, Coalescer
-from server.domain import Filters, Hit
+from server.domain import Filters, Hit, Hits
 from server.errors import DependencyTimeout
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +86,7 @@ class FakeSearcher:
         self.calls.append((len(vectors), limit))
         self.timeouts.append(timeout)
         await asyncio.sleep(0.01)
-        return [[Hit(f"{row[0]:.0f}-{i}", float(-i), {}) for i in range(limit)] for row in vectors]
+        return [Hits.of(Hit(f"{row[0]:.0f}-{i}", float(-i), {}) for i in range(limit)) for row in vectors]
 
 
 async def test_batched_search_gives_each_caller_its_own_rows_and_limit() -> None:

@@ -61,7 +61,7 @@ from contract.schemas import NEWS_FIELDS, PASSAGE_FIELDS
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from server.config import MilvusSettings
-from server.domain import Hit
+from server.domain import Hit, Hits
 from server.observability import (
     CACHE_WARM_METRIC,
     CACHE_WARMUP_FAILED_METRIC,
@@ -315,10 +315,10 @@ class FakeStore:
         self.catalog, self.drop_best = catalog, drop_best
         self.settings = MilvusSettings(search_ef=64)
 
-    async def search(self, collection: str, queries: np.ndarray, limit: int) -> list[list[Hit]]:
+    async def search(self, collection: str, queries: np.ndarray, limit: int) -> list[Hits]:
         top = exact_top_k(queries, self.catalog.vectors, limit + 1)
         rows = top[:, 1:] if self.drop_best else top[:, :limit]
-        return [[Hit(self.catalog.ids[row], 0.0, {}) for row in query_rows] for query_rows in rows]
+        return [Hits.of(Hit(self.catalog.ids[row], 0.0, {}) for row in query_rows) for query_rows in rows]
 
 
 def test_ann_recall_compares_the_store_with_brute_force() -> None:

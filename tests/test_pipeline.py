@@ -12,9 +12,9 @@ import pytest
 
 from recstack.v1 import gateway_pb2 as pb
 from server.config import GatewaySettings, RagSettings
-from server.domain import AnswerQuery, Filters, HistoryEntry, NewsRecord, RecommendQuery
+from server.domain import AnswerQuery, Filters, HistoryEntry, Hit, Hits, NewsRecord, RecommendQuery
 from server.errors import DependencyTimeout
-from server.item_cache import CachedNews, ItemCache
+from server.item_cache import CachedNews, ItemCache, NewsBatch
 from server.llm.prompt import NO_SOURCES_ANSWER
 from server.llm.types import GenerationRequest, TokenChunk
 from server.pipeline.answer import Answerer, Done, Sources, Token
@@ -22,6 +22,7 @@ from server.pipeline.common import CatalogClock, Item, RequestContext
 from server.pipeline.ingest import Ingest
 from server.pipeline.recommend import (
     AnnCandidates,
+    Candidates,
     CatalogView,
     ColdStart,
     ExcludeSeen,
@@ -42,13 +43,6 @@ DIM = 4
 
 
 @dataclass
-class FakeHit:
-    id: str
-    score: float
-    fields: dict[str, Any]
-
-
-@dataclass
 class FakeStore:
     """Rows per collection; search is exact inner product with category/published filters."""
 
@@ -66,7 +60,7 @@ class FakeStore:
         self.calls.append(("search", limit))
         rows = [r for r in self.rows.get(collection, {}).values() if self.matches(r, filters)]
         hits = sorted(((float(r["vector"] @ vectors[0]), r) for r in rows), key=lambda t: -t[0])[:limit]
-        return [[FakeHit(r["id"], s, {f: r[f] for f in output_fields if f in r}) for s, r in hits]]
+        return [Hits.of([Hit(r["id"], s, {f: r[f] for f in output_fields if f in r}) for s, r in hits], output_fields)]
 
     async def get(self, collection, ids, output_fields=(), timeout=None):
         self.calls.append(("get", tuple(ids)))
@@ -191,14 +185,18 @@ async def test_no_usable_history_is_a_cold_start_of_popular_recent_items(store: 
 
 
 async def test_mmr_without_diversity_keeps_relevance_order_and_with_it_avoids_near_duplicates() -> None:
-    def item(name: str, score: float, vector: list[float]) -> Item:
-        return Item(name, score, vector=np.asarray(vector, dtype=np.float32))
-
-    items = [item("top", 3.0, [1, 0]), item("twin", 2.9, [1, 0.01]), item("other", 2.0, [0, 1])]
-    assert [i.item_id for i in await MmrOrder()(items, state(2, 0.0), ctx())] == ["top", "twin"]
-    assert [i.item_id for i in await MmrOrder()(items, state(2, 0.7), ctx())] == ["top", "other"]
+    vectors = {"top": [1, 0], "twin": [1, 0.01], "other": [0, 1]}
+    rows = [{"id": name, "title": name.upper()} for name in vectors]
+    news = replace(NewsBatch.from_rows(rows), vectors=np.array(list(vectors.values()), np.float32))
+    items = Candidates(news, np.array([3.0, 2.9, 2.0]))
+    assert (await MmrOrder()(items, state(2, 0.0), ctx())).ids == ["top", "twin"]
+    diverse = await MmrOrder()(items, state(2, 0.7), ctx())
+    assert diverse.ids == ["top", "other"] and diverse.scores.tolist() == [3.0, 2.0]
+    assert [item.title for item in diverse.items()] == ["TOP", "OTHER"]  # the rows move with their ids
     seen = state(3, exclude=frozenset({"twin"}))
-    assert [i.item_id for i in await ExcludeSeen()(items, seen, ctx())] == ["top", "other"]
+    assert (await ExcludeSeen()(items, seen, ctx())).ids == ["top", "other"]
+    with pytest.raises(ValueError, match="no vectors"):
+        await MmrOrder()(Candidates(NewsBatch.from_rows(rows), items.scores), state(2, 0.7), ctx())
 
 
 async def test_recommend_stage_timings_name_each_dependency_call_and_one_rank_step(store: FakeStore) -> None:
@@ -221,9 +219,9 @@ class NewestFirst:
 
     seen_states: list[RecommendState] = field(default_factory=list)
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
         self.seen_states.append(state)
-        return sorted(candidates, key=lambda item: -item.published)[: state.query.k]
+        return candidates.take(np.argsort(-candidates.news.published, kind="stable")[: state.query.k])
 
 
 async def test_a_custom_stage_sequence_composes_each_output_into_the_next_input(store: FakeStore) -> None:

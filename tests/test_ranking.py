@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from contract.ranking import RankingWeights, age_hours, features, ranking_scores
 from export.models import ranking_weights
 from server.config import load_settings
 from server.domain import Filters, HistoryEntry, RecommendQuery
-from server.item_cache import ItemCache
-from server.pipeline.common import CatalogClock, Item
+from server.item_cache import ItemCache, NewsBatch
+from server.pipeline.common import CatalogClock
 from server.pipeline.recommend import (
     AnnCandidates,
+    Candidates,
     CatalogView,
     ColdStart,
     HistoryVectors,
@@ -94,12 +96,14 @@ def test_training_inputs_count_ctr_on_the_given_stats_and_age_at_the_impression_
     np.testing.assert_allclose(inputs.popularity[0], [smoothed_ctr(2, 2, 0.5), smoothed_ctr(0, 2, 0.5)])
 
 
-def candidates() -> list[Item]:
-    return [
-        Item("stale-hit", 0.9, published=1 * HOUR, popularity=0.05),
-        Item("fresh-popular", 0.5, published=99 * HOUR, popularity=0.4),
-        Item("fresh-unpopular", 0.6, published=98 * HOUR, popularity=0.01),
-    ]
+def news_candidates(ids: Sequence[str], content: Sequence[float], published: Sequence[int], ctr: Sequence[float]):
+    rows = [{"id": i, "published": p, "popularity": c} for i, p, c in zip(ids, published, ctr, strict=True)]
+    return Candidates(NewsBatch.from_rows(rows), np.array(content, np.float64))
+
+
+def candidates() -> Candidates:
+    ids = ("stale-hit", "fresh-popular", "fresh-unpopular")
+    return news_candidates(ids, (0.9, 0.5, 0.6), (1 * HOUR, 99 * HOUR, 98 * HOUR), (0.05, 0.4, 0.01))
 
 
 async def test_the_stage_orders_by_the_formula_and_scores_with_it() -> None:
@@ -107,9 +111,11 @@ async def test_the_stage_orders_by_the_formula_and_scores_with_it() -> None:
     clock.observe(100 * HOUR)
     ranked = await PopularityAwareOrder(WEIGHTS, clock)(candidates(), state(3), ctx())
     expected = ranking_scores(WEIGHTS, [0.9, 0.5, 0.6], [0.05, 0.4, 0.01], [99.0, 1.0, 2.0])
-    assert [i.item_id for i in ranked] == [candidates()[j].item_id for j in np.argsort(-expected)]
-    assert [i.score for i in ranked] == pytest.approx(sorted(expected, reverse=True))
-    assert ranked[0].item_id == "fresh-popular"  # first by content was "stale-hit"
+    assert ranked.ids == [candidates().ids[j] for j in np.argsort(-expected)]
+    assert ranked.scores.tolist() == pytest.approx(sorted(expected, reverse=True))
+    assert ranked.ids[0] == "fresh-popular"  # first by content was "stale-hit"
+    published = dict(zip(candidates().ids, candidates().news.published.tolist(), strict=True))
+    assert ranked.news.published.tolist() == [published[i] for i in ranked.ids]  # each row moved with its id
 
 
 async def test_served_order_equals_the_offline_order_for_the_same_inputs() -> None:
@@ -124,13 +130,12 @@ async def test_served_order_equals_the_offline_order_for_the_same_inputs() -> No
     offline_scores = RankingInputs.build([impression], [content], stats, news).scores(WEIGHTS)[0]
     clock = CatalogClock()
     clock.observe(int(unix_seconds(now)))
-    items = [
-        Item(n, float(c), published=int(unix_seconds(news[n].published)), popularity=float(p))
-        for n, c, p in zip(ids, content, stats.popularity(ids), strict=True)
-    ]
+    published = [int(unix_seconds(news[n].published)) for n in ids]
+    items = news_candidates(ids, content, published, stats.popularity(ids))
     served = await PopularityAwareOrder(WEIGHTS, clock)(items, state(4), ctx())
-    assert [i.item_id for i in served] == [ids[j] for j in np.argsort(-offline_scores, kind="stable")]
-    assert [i.score for i in served] == pytest.approx(sorted(offline_scores, reverse=True))
+    assert served.ids == [ids[j] for j in np.argsort(-offline_scores, kind="stable")]
+    # the gateway holds CTRs as float32 (its catalog columns), training as float64
+    assert served.scores.tolist() == pytest.approx(sorted(offline_scores, reverse=True), rel=1e-5)
 
 
 def ranking_recommender(store: FakeStore, clock: CatalogClock) -> Recommender:

@@ -3,7 +3,7 @@
 Why: the request path's searches are the gateway's most frequent Milvus call, and pymilvus builds a
 Python object per hit (`SearchResult`, `Hit`) after a generic request preparation; profiled at c8, that
 was ~2 ms of gateway CPU per Recommend. Here the request carries the query vectors' bytes straight from
-NumPy and the answer's ids, scores and output columns are read from the reply's repeated fields.
+NumPy and the answer's ids, scores and output columns are read from the reply's repeated fields into columns (`Hits`).
 
 Same request as pymilvus sends (anns field, topk, metric, HNSW `ef`, Bounded consistency), same errors:
 a non-success status is raised as pymilvus's `MilvusException`, a transport failure as `grpc.RpcError`, so
@@ -26,7 +26,7 @@ from pymilvus.exceptions import MilvusException
 from pymilvus.grpc_gen import common_pb2, milvus_pb2, milvus_pb2_grpc, schema_pb2
 
 from contract.schemas import VECTOR
-from server.domain import Hit
+from server.domain import Hits
 
 DEFAULT_PORT = 19530
 QUERY_TAG = "$0"  # the placeholder Milvus binds the query vectors to
@@ -57,7 +57,7 @@ class RawSearch:
         params: Mapping[str, object],
         metric: str,
         timeout: float,
-    ) -> list[list[Hit]]:
+    ) -> list[Hits]:
         """Top-`limit` hits for each row of `queries` [nq, dim] (float32), best first."""
         request = milvus_pb2.SearchRequest(
             collection_name=collection,
@@ -107,19 +107,18 @@ def _key_values(**values: str) -> list[common_pb2.KeyValuePair]:
     return [common_pb2.KeyValuePair(key=key, value=value) for key, value in values.items()]
 
 
-def _hits(results: schema_pb2.SearchResultData) -> list[list[Hit]]:
+def _hits(results: schema_pb2.SearchResultData) -> list[Hits]:
     """Per query, its hits: the reply holds every query's ids and scores back to back, `topks[i]` each."""
     ids = results.ids
-    id_values = list(ids.str_id.data) if ids.WhichOneof("id_field") == "str_id" else list(ids.int_id.data)
-    scores = list(results.scores)
+    id_values = list(ids.str_id.data) if ids.WhichOneof("id_field") == "str_id" else list(map(str, ids.int_id.data))
+    scores = np.array(results.scores, dtype=np.float32)
     columns = {data.field_name: _column(data) for data in results.fields_data}
-    hits: list[list[Hit]] = []
+    hits: list[Hits] = []
     start = 0
     for count in results.topks:
         end = start + count
-        rows = zip(*(values[start:end] for values in columns.values()), strict=True) if columns else ((),) * count
-        fields = [dict(zip(columns, row, strict=True)) for row in rows]
-        hits.append(list(map(Hit, map(str, id_values[start:end]), scores[start:end], fields)))
+        fields = {name: values[start:end] for name, values in columns.items()}
+        hits.append(Hits(id_values[start:end], scores[start:end], fields))
         start = end
     return hits
 

@@ -55,7 +55,7 @@ from pymilvus import AsyncMilvusClient, MilvusClient
 from contract.schemas import ID, NEWS_FIELDS, PASSAGE_FIELDS, VECTOR
 from server.circuit import Circuit
 from server.config import MilvusSettings
-from server.domain import Filters, Hit
+from server.domain import Filters, Hit, Hits
 from server.errors import DependencyUnavailable
 from server.milvus import lite
 from server.milvus.arguments import check_fields, check_limit, check_rows, query_vectors, unique_ids
@@ -191,7 +191,7 @@ class MilvusStore:
         filters: Filters | None = None,
         output_fields: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> list[list[Hit]]:
+    ) -> list[Hits]:
         """Top-`limit` hits by inner product for each row of `vectors` [nq, dim], best first."""
         expression = filter_expression(filters or Filters())
         check_limit(limit, "limit")
@@ -209,7 +209,7 @@ class MilvusStore:
         expression: str,
         fields: list[str],
         timeout: float,
-    ) -> list[list[Hit]]:
+    ) -> list[Hits]:
         layout = await self._layout(collection, timeout)
         queries = query_vectors(vectors, layout.dim)
         check_fields(fields, layout.fields, collection, "output_fields")
@@ -228,7 +228,8 @@ class MilvusStore:
             timeout=timeout,
         )
         return [
-            [Hit(str(hit[ID]), float(hit["distance"]), dict(hit.get("entity", {}))) for hit in hits] for hits in result
+            Hits.of((Hit(str(hit[ID]), float(hit["distance"]), dict(hit.get("entity", {}))) for hit in hits), fields)
+            for hits in result
         ]
 
     async def get(

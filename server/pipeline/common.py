@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from server.domain import Filters, Hit
+from server.domain import Filters, Hits
 from server.errors import DependencyTimeout
 from server.observability import StageTimer, record_dependency_call
 
@@ -54,7 +54,6 @@ class Item:
     published: int = 0
     text: str = ""
     doc_id: str = ""
-    vector: NDArray[np.float32] | None = None
     popularity: float = 0.0  # news: smoothed click-through rate (contract.ranking)
 
     @classmethod
@@ -67,7 +66,6 @@ class Item:
             published=int(row.get("published", 0) or 0),
             text=row.get("text", ""),
             doc_id=row.get("doc_id", ""),
-            vector=row.get("vector"),
             popularity=float(row.get("popularity", 0.0) or 0.0),
         )
 
@@ -110,7 +108,7 @@ class Searcher(Protocol):
         filters: Filters | None = None,
         output_fields: Sequence[str] = (),
         timeout: float | None = None,
-    ) -> list[list[Hit]]: ...
+    ) -> list[Hits]: ...
 
 
 class VectorIndex(Searcher, Protocol):

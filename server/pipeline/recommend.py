@@ -58,11 +58,53 @@ class RecommendState:
         return self.query.k * MMR_POOL_FACTOR if self.query.diversity > 0 else self.query.k
 
 
-class CandidateStage(Protocol):
-    """One Recommend step over the candidate list: retrieve (ignores the incoming list, empty at the
-    start), filter, score or order."""
+@dataclass(frozen=True)
+class Candidates:
+    """Recommend's candidate list as columns, best first once ordered: the catalog's entries (`news`, row i)
+    with their scores (`scores[i]`).
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]: ...
+    Columns, not an `Item` per candidate: the ranking re-orders 100+ candidates per request, and per-candidate
+    objects (built, filtered, copied with a new score) were most of the candidate stages' CPU (profiled);
+    `Item`s are built for the k answered only (`items`).
+    """
+
+    news: NewsBatch
+    scores: NDArray[np.float64]
+
+    @classmethod
+    def none(cls) -> Candidates:
+        return cls(NewsBatch.from_rows([]), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.news)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.news.ids
+
+    def take(self, rows: NDArray[np.intp]) -> Candidates:
+        """The candidates at `rows`, in that order."""
+        return Candidates(self.news.take(rows), self.scores[rows])
+
+    def top(self, k: int) -> Candidates:
+        return self if len(self) <= k else self.take(np.arange(k))
+
+    def items(self) -> list[Item]:
+        news = self.news
+        columns = (news.titles.tolist(), news.categories.tolist(), news.published.tolist(), news.popularity.tolist())
+        return [
+            Item(item_id, score, title, category, published, popularity=popularity)
+            for item_id, score, title, category, published, popularity in zip(
+                news.ids, self.scores.tolist(), *columns, strict=True
+            )
+        ]
+
+
+class CandidateStage(Protocol):
+    """One Recommend step over the candidates: retrieve (ignores the incoming ones, none at the start),
+    filter, score or order."""
+
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates: ...
 
 
 class CatalogView:
@@ -141,7 +183,7 @@ class AnnCandidates:
     ) -> None:
         self.searcher, self.catalog, self.max_limit, self.min_pool = searcher, catalog, max_limit, min_pool
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
         if state.user is None:
             raise ValueError("AnnCandidates needs the request's user vector")
         limit = min(self.max_limit, max(state.candidate_pool, self.min_pool) + len(state.exclude))
@@ -149,21 +191,25 @@ class AnnCandidates:
             (hits,) = await self.searcher.search(
                 self.catalog.collection, state.user[None], limit, state.query.filters, (), ctx.remaining("milvus")
             )
-        entries = await self.catalog.entries([hit.id for hit in hits], "milvus.get_candidates", ctx)
-        positions, titles, categories = entries.positions, entries.titles, entries.categories
-        published, vectors, popularity = entries.published.tolist(), entries.vectors, entries.popularity.tolist()
-        return [
-            Item(hit.id, hit.score, titles[i], categories[i], published[i], vector=vectors[i], popularity=popularity[i])
-            for hit in hits
-            if (i := positions.get(hit.id)) is not None  # deleted between search and lookup
-        ]
+        entries = await self.catalog.entries(hits.ids, "milvus.get_candidates", ctx)
+        scores = hits.scores.astype(np.float64)
+        if entries.ids == hits.ids:  # all found in memory: already aligned
+            return Candidates(entries, scores)
+        positions = entries.positions
+        rows = np.fromiter((positions.get(item_id, -1) for item_id in hits.ids), np.intp, len(hits))
+        found = rows >= 0  # the rest were deleted between search and lookup
+        return Candidates(entries.take(rows[found]), scores[found])
 
 
 class ExcludeSeen:
     """Drops the candidates the request asked to leave out (the ids it named, when `exclude_seen`)."""
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
-        return [item for item in candidates if item.item_id not in state.exclude]
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
+        exclude = state.exclude
+        if not exclude:
+            return candidates
+        keep = np.fromiter((item_id not in exclude for item_id in candidates.ids), bool, len(candidates))
+        return candidates if keep.all() else candidates.take(np.flatnonzero(keep))
 
 
 class PopularityAwareOrder:
@@ -173,17 +219,14 @@ class PopularityAwareOrder:
     def __init__(self, weights: RankingWeights, clock: CatalogClock) -> None:
         self.weights, self.clock = weights, clock
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
-        if not candidates:
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
+        if not len(candidates):
             return candidates
-        scores = ranking_scores(
-            self.weights,
-            [item.score for item in candidates],
-            [item.popularity for item in candidates],
-            age_hours(self.clock.newest_published, [item.published for item in candidates]),
-        )
+        news = candidates.news
+        hours = age_hours(self.clock.newest_published, news.published)
+        scores = ranking_scores(self.weights, candidates.scores, news.popularity, hours)
         order = np.argsort(-scores, kind="stable")
-        return [replace(candidates[i], score=float(scores[i])) for i in order]
+        return Candidates(news.take(order), scores[order])
 
 
 class MmrOrder:
@@ -191,36 +234,30 @@ class MmrOrder:
     redundancy (diversity). With diversity 0 this is the relevance order. Scores stay the NRMS click scores.
     """
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
         k, diversity = state.query.k, state.query.diversity
         if diversity <= 0 or len(candidates) <= 1:
-            return candidates[:k]
-        return [candidates[i] for i in _mmr_picks(candidates, k, diversity)]
+            return candidates.top(k)
+        if not candidates.news.vectors.shape[1]:
+            raise ValueError("the candidates have no vectors to diversify by")
+        return candidates.take(_mmr_picks(candidates.news.vectors, candidates.scores, k, diversity))
 
 
-def _mmr_picks(items: list[Item], k: int, diversity: float) -> list[int]:
-    vectors = np.stack([_vector(item) for item in items]).astype(np.float32)
+def _mmr_picks(vectors: NDArray[np.float32], scores: NDArray[np.float64], k: int, diversity: float) -> NDArray[np.intp]:
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    relevance = np.array([item.score for item in items])
-    spread = relevance.max() - relevance.min()
-    relevance = (relevance - relevance.min()) / spread if spread > 0 else np.zeros_like(relevance)
+    spread = scores.max() - scores.min()
+    relevance = (scores - scores.min()) / spread if spread > 0 else np.zeros_like(scores)
     chosen: list[int] = []
-    redundancy = np.full(len(items), -np.inf)
-    remaining = np.ones(len(items), dtype=bool)
-    for _ in range(min(k, len(items))):
+    redundancy = np.full(len(scores), -np.inf)
+    remaining = np.ones(len(scores), dtype=bool)
+    for _ in range(min(k, len(scores))):
         penalty = np.where(np.isfinite(redundancy), redundancy, 0.0)
         value = np.where(remaining, (1 - diversity) * relevance - diversity * penalty, -np.inf)
         best = int(np.argmax(value))
         chosen.append(best)
         remaining[best] = False
         redundancy = np.maximum(redundancy, unit @ unit[best])
-    return chosen
-
-
-def _vector(item: Item) -> NDArray[np.float32]:
-    if item.vector is None:
-        raise ValueError(f"candidate {item.item_id!r} has no vector to diversify by")
-    return item.vector
+    return np.array(chosen, dtype=np.intp)
 
 
 class Timed:
@@ -229,14 +266,14 @@ class Timed:
     def __init__(self, name: str, stages: Sequence[CandidateStage]) -> None:
         self.name, self.stages = name, stages
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
         with ctx.timer.stage(self.name):
             return await run_stages(self.stages, candidates, state, ctx)
 
 
 async def run_stages(
-    stages: Sequence[CandidateStage], candidates: list[Item], state: RecommendState, ctx: RequestContext
-) -> list[Item]:
+    stages: Sequence[CandidateStage], candidates: Candidates, state: RecommendState, ctx: RequestContext
+) -> Candidates:
     """Each stage's output is the next one's input."""
     for stage in stages:
         candidates = await stage(candidates, state, ctx)
@@ -265,7 +302,7 @@ class ColdStart:
         self.window_s = int(window_days * SECONDS_PER_DAY)
         self.pool = pool
 
-    async def __call__(self, candidates: list[Item], state: RecommendState, ctx: RequestContext) -> list[Item]:
+    async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
         k, filters = state.query.k, state.query.filters
         fields = (*NEWS_FIELDS, "popularity")
         cutoff = self.clock.newest_published - self.window_s
@@ -275,15 +312,17 @@ class ColdStart:
             ranked = self._rank(rows, state.exclude)
             if len(ranked) < k and recent != filters:
                 older = await self.store.query(self.collection, filters, fields, self.pool, ctx.remaining("milvus"))
-                known = {item.item_id for item in ranked}
-                ranked += [item for item in self._rank(older, state.exclude) if item.item_id not in known]
-        return ranked[:k]
+                known = {row["id"] for row in ranked}
+                ranked += [row for row in self._rank(older, state.exclude) if row["id"] not in known]
+        top = ranked[:k]
+        return Candidates(NewsBatch.from_rows(top), np.array([row.get("popularity", 0.0) for row in top], np.float64))
 
     @staticmethod
-    def _rank(rows: list[dict[str, Any]], exclude: frozenset[str]) -> list[Item]:
+    def _rank(rows: list[dict[str, Any]], exclude: frozenset[str]) -> list[dict[str, Any]]:
+        """The rows not excluded, by popularity, then recency (most first)."""
         rows = [row for row in rows if row["id"] not in exclude]
         rows.sort(key=lambda row: (row.get("popularity", 0.0), row.get("published", 0)), reverse=True)
-        return [Item.from_row(row["id"], float(row.get("popularity", 0.0)), row) for row in rows]
+        return rows
 
 
 @dataclass
@@ -313,8 +352,8 @@ class Recommender:
         exclude = frozenset(history.seen if query.exclude_seen else ())
         used = history.vectors.shape[0]
         if used == 0:
-            items = await run_stages(self.cold_start, [], RecommendState(query, exclude), ctx)
-            return Recommendation(items, cold_start=True, history_used=0)
+            chosen = await run_stages(self.cold_start, Candidates.none(), RecommendState(query, exclude), ctx)
+            return Recommendation(chosen.items(), cold_start=True, history_used=0)
         state = RecommendState(query, exclude, await self.user(history.vectors, ctx))
-        items = await run_stages(self.personal, [], state, ctx)
-        return Recommendation(items, cold_start=False, history_used=used, history=history.used)
+        chosen = await run_stages(self.personal, Candidates.none(), state, ctx)
+        return Recommendation(chosen.items(), cold_start=False, history_used=used, history=history.used)
