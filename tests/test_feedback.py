@@ -158,6 +158,18 @@ def served(rec: FeedbackRecorder, *shown: str, history: tuple[str, ...] = ("H1",
     return rec.remember(query, result, "7")
 
 
+def test_remembered_answers_share_one_row_per_item_until_its_description_changes(tmp_path: Path) -> None:
+    rec = recorder(tmp_path)
+    first = rec.table.get(served(rec, "N1", "N2"))
+    again = rec.table.get(served(rec, "N2", "N1"))
+    untitled = rec.table.get(served(rec, "N3", history=("N1",)))
+    assert first is not None and again is not None and untitled is not None
+    assert again.shown[1] is first.shown[0] and again.shown[0] is first.shown[1]  # a pointer per mention
+    assert again.history[0] is first.history[0]
+    assert untitled.history[0] is not first.shown[0]  # N1 named without its title: a row of its own
+    assert (untitled.history[0].title, first.shown[0].title) == ("", "title N1")
+
+
 @pytest.mark.anyio
 async def test_events_that_do_not_match_what_was_served_are_rejected_naming_the_field(tmp_path: Path) -> None:
     rec = recorder(tmp_path)
