@@ -65,9 +65,10 @@ class Hits:
         return len(self.ids)
 
     def __iter__(self) -> Iterator[Hit]:
-        columns = self.fields
-        for i, (item_id, score) in enumerate(zip(self.ids, self.scores.tolist(), strict=True)):
-            yield Hit(item_id, score, {name: values[i] for name, values in columns.items()})
+        return map(self.__getitem__, range(len(self.ids)))
+
+    def __getitem__(self, i: int) -> Hit:
+        return Hit(self.ids[i], float(self.scores[i]), {name: values[i] for name, values in self.fields.items()})
 
     def top(self, limit: int) -> Hits:
         """The best `limit` hits."""

@@ -95,6 +95,25 @@ async def test_sse_comments_and_other_fields_are_ignored() -> None:
     assert "".join(chunk.text for chunk in chunks) == EXPECTED["openai_length"]["text"]
 
 
+@PROTOCOLS
+async def test_line_separators_inside_a_token_stay_in_the_token(protocol: str) -> None:
+    """JSON strings may hold U+0085, U+2028 and U+2029 raw (Ollama's Go encoder leaves U+0085 so, the dev
+    server all three); only "\\n" ends a stream line. Found by the fuzz: a reader that split lines like
+    `str.splitlines` cut such a token's line in two, "malformed stream"."""
+    odd = "x\u0085y\u2028z\u2029"
+    lines = recorded(protocol, "stop").decode().split("\n")
+    first = next(i for i, line in enumerate(lines) if '"content"' in line)
+    prefix, _, payload = lines[first].partition("{")
+    chunk = json.loads("{" + payload)
+    message = chunk["message"] if protocol == "ollama" else chunk["choices"][0]["delta"]
+    message["content"] = odd + message["content"]
+    lines[first] = prefix + json.dumps(chunk, ensure_ascii=False)
+    body = "\n".join(lines).encode()
+    async with client_for(protocol, replying(protocol, body)) as client:
+        chunks = await collect(client)
+    assert "".join(chunk.text for chunk in chunks) == odd + EXPECTED[f"{protocol}_stop"]["text"]
+
+
 # ---------------------------------------------------------------- what the clients send
 
 

@@ -28,7 +28,7 @@ import abc
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -40,6 +40,26 @@ from server.llm.types import GenerationRequest, TokenChunk
 LLM = "llm"
 _QUEUE_FULL_HINTS = ("maximum pending requests", "queue is full", "server busy")
 _ERROR_TEXT_LIMIT = 300
+
+
+async def stream_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The body's lines, ended by "\\n" only (a "\\r" before it dropped). Not `aiter_lines`: it splits like
+    `str.splitlines`, also at U+0085, U+2028 and U+2029, which a JSON string may hold raw (Ollama leaves U+0085
+    unescaped), cutting a token's line in two (found by the fuzz)."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            yield _text(line)
+    if pending:
+        yield _text(pending)
+
+
+def _text(line: bytes) -> str:
+    try:
+        return line.removesuffix(b"\r").decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise malformed_stream(f"a line is not UTF-8 ({error.reason}): {line[:80]!r}") from None
 
 
 def malformed_stream(detail: str) -> DependencyUnavailable:
@@ -115,7 +135,7 @@ class StreamingHTTPClient(abc.ABC):
             response = await self._open(request, deadline)
             try:
                 decoder = self._decoder()
-                lines = response.aiter_lines()
+                lines = stream_lines(response)
                 while not decoder.done:
                     async with asyncio.timeout_at(deadline):
                         line = await anext(lines, None)
