@@ -39,8 +39,8 @@ class TritonSettings(Section):
     stall_after_s: float = Field(
         1.0,
         ge=0,
-        description="Inference calls fail fast (UNAVAILABLE) once calls have waited this long with none answered, "
-        "until one answers (a trial call goes through every stall_after_s); 0: never.",
+        description="User and query encoder calls fail fast (UNAVAILABLE) once such calls have waited this long "
+        "with none answered, until one answers (a trial call goes through every stall_after_s); 0: never.",
     )
     ssl: bool = Field(False, description="Talk to Triton over TLS (an SSL gRPC channel).")
     ssl_root_certificates: Path | None = Field(None, description="PEM CA bundle to verify Triton (default: system's).")
@@ -80,8 +80,8 @@ class MilvusSettings(Section):
     stall_after_s: float = Field(
         1.0,
         ge=0,
-        description="Reads fail fast (UNAVAILABLE) once calls have waited this long with none answered, until one "
-        "answers (a trial call goes through every stall_after_s); 0: never.",
+        description="Request-path reads (search, get, query) fail fast (UNAVAILABLE) once such calls have waited "
+        "this long with none answered, until one answers (a trial call goes through every stall_after_s); 0: never.",
     )
     news_collection: str = "news"
     passage_collection: str = "passages"

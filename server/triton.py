@@ -16,6 +16,7 @@ and readiness (not on the request path) stay with tritonclient's client, over th
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ class TritonEncoders:
         the encoder's Triton `model_version` ("": the newest loaded)."""
         ids, mask = self.tokenizers[text_field].encode(texts)
         inputs = {contract.INPUT_IDS: ids, contract.ATTENTION_MASK: mask}
-        return await self._infer(self._models[text_field], inputs, timeout_s, model_version)
+        watched = text_field == contract.QUERY  # titles and passages are mostly ingest batches: seconds are fine
+        return await self._infer(self._models[text_field], inputs, timeout_s, model_version, watched)
 
     async def encode_users(
         self,
@@ -89,7 +91,7 @@ class TritonEncoders:
             contract.HISTORY: history.astype(np.float32, copy=False),
             contract.HISTORY_MASK: mask,
         }
-        return await self._infer(self.settings.user_encoder, inputs, timeout_s, model_version)
+        return await self._infer(self.settings.user_encoder, inputs, timeout_s, model_version, watched=True)
 
     async def embedding_dims(self) -> dict[str, int]:
         """Output size D of every encoder, read from Triton's model metadata."""
@@ -121,16 +123,24 @@ class TritonEncoders:
         await self._channel.close()
 
     async def _infer(
-        self, model: str, inputs: dict[str, NDArray[Any]], timeout_s: float | None, model_version: str = ""
+        self,
+        model: str,
+        inputs: dict[str, NDArray[Any]],
+        timeout_s: float | None,
+        model_version: str = "",
+        watched: bool = False,
     ) -> NDArray[np.float32]:
+        """One inference; `watched`: a request-path call (user and query encoders), which the circuit watches
+        and which fails fast while it is open."""
         request = service_pb2.ModelInferRequest(model_name=model, model_version=model_version)
         for name, array in inputs.items():
             request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
             request.raw_input_contents.append(array.tobytes())
         request.outputs.add(name=contract.EMBEDDING)
         timeout = min(timeout_s, self.settings.timeout_s) if timeout_s else self.settings.timeout_s
-        self.circuit.check()
-        with self.circuit.watch():
+        if watched:
+            self.circuit.check()
+        with self.circuit.watch() if watched else contextlib.nullcontext():
             try:
                 response = await self._infer_stub.ModelInfer(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:

@@ -21,10 +21,12 @@ from milvus_fixtures import (
 from pymilvus import DataType, MilvusClient
 
 from devstack.process import free_port
+from server.circuit import Circuit
 from server.config import MilvusSettings
 from server.domain import Filters
 from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
 from server.milvus import MilvusStore, SchemaMismatch
+from tests.test_admission import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -276,3 +278,22 @@ async def test_a_server_that_never_answers_times_out_at_the_call_deadline(silent
     with pytest.raises(DependencyTimeout):
         await store.count(NEWS, timeout=0.3)
     await store.close()
+
+
+async def test_an_open_circuit_fails_request_path_reads_at_once_but_not_writes_or_scans(store: MilvusStore) -> None:
+    clock = FakeClock()
+    stalled = Circuit("milvus", stall_after_s=1.0, clock=clock)
+    with pytest.raises(DependencyTimeout), stalled.watch():
+        clock.now += 2.0  # a read hung for 2 s with nothing answered
+        raise DependencyTimeout("milvus", "no answer within the deadline")
+    assert stalled.is_open
+    store.circuit = stalled
+    with pytest.raises(DependencyUnavailable, match="calls stalled"):
+        await store.search(NEWS, one_hot(0)[None, :], limit=3)
+    with pytest.raises(DependencyUnavailable, match="calls stalled"):
+        await store.get(NEWS, ["c1"])
+    assert await store.upsert(NEWS, [news_row("c1", one_hot(1))]) == 1  # bulk: not held by the circuit
+    assert [row["id"] async for row in store.iterate(NEWS)] == ["c1"]
+    clock.now += 1.5  # a trial call is due: it is answered, and the circuit closes
+    assert (await store.search(NEWS, one_hot(1)[None, :], limit=3))[0].ids == ["c1"]
+    assert not stalled.is_open
