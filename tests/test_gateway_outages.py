@@ -79,13 +79,15 @@ def test_llm_down_fails_answer_only_then_recovers(stack, gateway, health) -> Non
     assert chunks[-1].done.completion_tokens > 0
 
 
-def test_a_hanging_milvus_fails_fast_once_its_calls_stall_with_no_resource_exhausted(stack, gateway) -> None:
-    """SIGSTOP: Milvus keeps its port open and answers nothing, as while it restarts. The first calls wait out
-    Milvus's 2 s deadline; once calls have waited `milvus.stall_after_s` (1 s) unanswered, the circuit opens and
-    requests fail at once with UNAVAILABLE (never RESOURCE_EXHAUSTED from slots held by hanging calls); after
-    SIGCONT a trial call finds it answering and Search serves again."""
+@pytest.mark.parametrize("part", ["milvus", "triton"])
+def test_a_hanging_dependency_fails_fast_once_its_calls_stall_with_no_resource_exhausted(stack, gateway, part) -> None:
+    """SIGSTOP: the dependency keeps its port open and answers nothing, as Milvus does while it restarts. The
+    first calls wait out its 2 s deadline; once calls have waited `stall_after_s` (1 s) unanswered, its circuit
+    opens and Search fails at once with UNAVAILABLE (never RESOURCE_EXHAUSTED from slots held by hanging calls);
+    after SIGCONT a trial call finds it answering and Search serves again."""
     codes: list[grpc.StatusCode] = []
-    os.killpg(stack.milvus.pid, signal.SIGSTOP)
+    group = getattr(stack, part).pid
+    os.killpg(group, signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(16) as pool:  # 16 at once: above admission's initial limit for Search
             futures = [pool.submit(search_code, gateway) for _ in range(48)]
@@ -93,7 +95,7 @@ def test_a_hanging_milvus_fails_fast_once_its_calls_stall_with_no_resource_exhau
         code, elapsed = search_code(gateway)
         assert code == grpc.StatusCode.UNAVAILABLE and elapsed < 0.5, (code, elapsed)  # failing fast now
     finally:
-        os.killpg(stack.milvus.pid, signal.SIGCONT)
+        os.killpg(group, signal.SIGCONT)
     assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}, codes
     wait_until(lambda: search_code(gateway)[0] == grpc.StatusCode.OK, 30, "search answering again")
 
