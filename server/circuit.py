@@ -5,12 +5,13 @@ itself). Hanging is not: a Milvus or Triton that is restarting, or stuck, accept
 answers nothing, so every call waits out its deadline, holds an admission slot meanwhile, and the
 requests behind it are shed as RESOURCE_EXHAUSTED when the truth is UNAVAILABLE.
 
-`Circuit` watches the calls themselves: when calls have been outstanding for `stall_after_s` with
-none answered (success or error, anything but a timeout or a cancellation), it opens: new calls
-fail at once with UNAVAILABLE, except one trial call every `stall_after_s`. The first answer closes
-it; a call that times out with nothing answered for `stall_after_s` opens it too (calls too sparse to
-overlap). Under load, a slow dependency still answers something every few milliseconds, so only a stall
-opens the circuit, not a queue.
+`Circuit` watches the calls themselves: when a call has been outstanding for `stall_after_s` with
+none answered since it started (success or error, anything but a timeout), it opens: new calls fail
+at once with UNAVAILABLE, except one trial call every `stall_after_s`. The first answer closes it; a
+call that times out after `stall_after_s` with nothing answered meanwhile opens it too (calls too
+sparse to overlap). Under load, a slow dependency still answers something every few milliseconds, and
+calls that end early on their request's deadline (DEADLINE_EXCEEDED, or cancelled by their caller) are
+never that old, so only a stall opens the circuit, not a queue or an overload.
 
 Counters only, no locks: the gateway calls it from one event loop.
 """
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from server.errors import DependencyTimeout, DependencyUnavailable
 
-NO_ANSWER = (DependencyTimeout, TimeoutError, asyncio.CancelledError)
+NO_ANSWER = (DependencyTimeout, TimeoutError)
 
 
 class Circuit:
@@ -34,18 +37,22 @@ class Circuit:
         self.dependency = dependency
         self.stall_after_s = stall_after_s
         self.clock = clock
-        self.outstanding = 0
-        self._waiting_since = clock()  # since the last answer, or since calls became outstanding
+        self._started: OrderedDict[int, float] = OrderedDict()  # outstanding calls' start times, oldest first
+        self._calls = itertools.count()
+        self._answered_at = float("-inf")
         self._open = False
         self._trial_at = float("-inf")
 
     @property
+    def outstanding(self) -> int:
+        return len(self._started)
+
+    @property
     def is_open(self) -> bool:
-        """Whether calls are failing fast now (opening it first if the calls in flight have stalled)."""
-        if not self._open and self.stall_after_s > 0 and self.outstanding:
-            now = self.clock()
-            if now - self._waiting_since > self.stall_after_s:
-                self._open, self._trial_at = True, now  # the stalled calls were the first trial
+        """Whether calls are failing fast now (opening it first if the oldest call in flight has stalled)."""
+        if not self._open and self._started:
+            oldest = next(iter(self._started.values()))
+            self._stalled_since(oldest)
         return self._open
 
     def check(self) -> None:
@@ -62,26 +69,32 @@ class Circuit:
 
     @contextlib.contextmanager
     def watch(self) -> Iterator[None]:
-        """Wrap one call (after `check`): whether it was answered is what opens and closes the circuit."""
-        if not self.outstanding:
-            self._waiting_since = self.clock()
-        self.outstanding += 1
-        answered = True
+        """Wrap one call (after `check`): whether it was answered is what opens and closes the circuit. A call
+        cancelled by its caller says nothing about the dependency and changes nothing."""
+        call, started = next(self._calls), self.clock()
+        self._started[call] = started
         try:
             yield
-        except NO_ANSWER:
-            answered = False
+        except asyncio.CancelledError:
             raise
+        except NO_ANSWER:
+            self._stalled_since(started)  # it timed out: calls may come too sparsely to see a stall otherwise
+            raise
+        except BaseException:
+            self._answered()  # an error answer is an answer
+            raise
+        else:
+            self._answered()
         finally:
-            self._ended(answered)
+            del self._started[call]
 
-    def _ended(self, answered: bool) -> None:
-        self.outstanding -= 1
+    def _answered(self) -> None:
+        self._answered_at = self.clock()
+        self._open = False
+
+    def _stalled_since(self, started: float) -> None:
+        """Open when the call started at `started` has waited over `stall_after_s` with nothing answered since."""
         now = self.clock()
-        if answered:
-            self._waiting_since = now
-            self._open = False
-        elif self.stall_after_s > 0 and now - self._waiting_since > self.stall_after_s and not self._open:
-            # it timed out with nothing answered meanwhile (calls may come too sparsely to see a stall); it was
-            # the first trial
-            self._open, self._trial_at = True, now
+        stalled = self.stall_after_s > 0 and now - started > self.stall_after_s and self._answered_at < started
+        if stalled and not self._open:
+            self._open, self._trial_at = True, now  # the stalled call was the first trial

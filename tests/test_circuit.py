@@ -80,7 +80,7 @@ def test_a_lone_call_that_times_out_after_stall_after_s_opens_it_and_an_early_ti
     assert c.is_open
 
 
-def test_an_error_answer_counts_as_an_answer_and_a_cancellation_does_not() -> None:
+def test_an_error_answer_counts_as_an_answer_and_a_cancellation_changes_nothing() -> None:
     c, clock = circuit()
     with pytest.raises(InvalidArgument), c.watch():
         clock.now += 3.0
@@ -88,8 +88,24 @@ def test_an_error_answer_counts_as_an_answer_and_a_cancellation_does_not() -> No
     assert not c.is_open
     with pytest.raises(asyncio.CancelledError), c.watch():
         clock.now += 3.0
-        raise asyncio.CancelledError
-    assert c.is_open
+        raise asyncio.CancelledError  # its caller gave up: nothing learnt about the dependency
+    assert not c.is_open and c.outstanding == 0
+
+
+def test_overload_that_ends_every_call_on_a_short_request_deadline_does_not_open_it() -> None:
+    """At twice its capacity with 200 ms deadlines, calls overlap without pause and none is answered in time:
+    each ends on its request's deadline, so no call is ever old enough to be a stall."""
+    c, clock = circuit()
+    pending = [c.watch() for _ in range(4)]
+    for step in range(100):  # 10 s: a new call every 0.1 s, each timing out 0.1 s later, never a pause
+        c.check()
+        pending[step % 4].__enter__()
+        clock.now += 0.1
+        if step >= 1:
+            done = pending[(step - 1) % 4]
+            assert done.__exit__(DependencyTimeout, DependencyTimeout("triton", "request deadline"), None) is False
+            pending[(step - 1) % 4] = c.watch()
+    assert not c.is_open
 
 
 def test_zero_stall_after_s_never_opens() -> None:
