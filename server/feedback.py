@@ -75,7 +75,7 @@ class SharedRows:
 
     Why: the same catalog items appear in many answers (shown, and in histories); a row object and an id
     string per mention made a remembered answer ~4.3 KB, so the impression table grew by ~60 MB in a
-    10-minute soak; shared rows leave a pointer per mention (measured in the module's test).
+    10-minute soak; shared rows leave a pointer per mention: ~1.1 KB per answer (tracemalloc, k=10 + 50 history).
     """
 
     def __init__(self) -> None:
