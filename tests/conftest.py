@@ -7,6 +7,7 @@ Everything is built from scratch in a temporary directory (nothing from `make de
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,14 @@ TINY_TWO_TOWER = [
 def anyio_backend() -> str:
     """Async tests (`pytest.mark.anyio`) run on asyncio, the loop the gateway uses."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def one_event_loop_for_the_session(anyio_backend: str) -> AsyncIterator[None]:
+    """Keeps anyio's test runner, and so its event loop, open for the whole session, as the gateway keeps one loop
+    for life. A gRPC call cancelled at the end of a test completes a moment later; with a loop per test, that loop
+    was sometimes closed by then and grpc-aio's poller raised "Event loop is closed" inside the next test."""
+    yield
 
 
 @pytest.fixture(scope="session")
