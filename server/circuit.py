@@ -88,6 +88,11 @@ class Circuit:
         finally:
             del self._started[call]
 
+    def watching(self, watched: bool) -> contextlib.AbstractContextManager[None]:
+        """`watch()` for a request-path call; nothing for one that is not `watched` (bulk work: writes,
+        setup, a full scan's pages, ingest batches), which may take seconds without the dependency hanging."""
+        return self.watch() if watched else contextlib.nullcontext()
+
     def _answered(self) -> None:
         self._answered_at = self.clock()
         self._open = False

@@ -16,7 +16,6 @@ and readiness (not on the request path) stay with tritonclient's client, over th
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +139,7 @@ class TritonEncoders:
         timeout = min(timeout_s, self.settings.timeout_s) if timeout_s else self.settings.timeout_s
         if watched:
             self.circuit.check()
-        with self.circuit.watch() if watched else contextlib.nullcontext():
+        with self.circuit.watching(watched):
             try:
                 response = await self._infer_stub.ModelInfer(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:

@@ -40,7 +40,6 @@ Read-your-writes, designed for Milvus 2.3.5 (shared PLAYBOOK): writes wait, read
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
@@ -115,7 +114,7 @@ class MilvusStore:
         )
         budget = timeout or self.settings.setup_timeout_s
         await self._call(
-            "ensure_collections", asyncio.to_thread(self._ensure_all, specs, budget), budget, "dims", bulk=True
+            "ensure_collections", asyncio.to_thread(self._ensure_all, specs, budget), budget, "dims", watched=False
         )
         self._layouts.clear()
         self._ensured = tuple(spec.name for spec in specs)
@@ -140,7 +139,9 @@ class MilvusStore:
         if last_id is None:
             return 0
         budget = timeout or self.settings.write_timeout_s
-        return await self._call("upsert", self._upsert(collection, rows, last_id, budget), budget, "rows", bulk=True)
+        return await self._call(
+            "upsert", self._upsert(collection, rows, last_id, budget), budget, "rows", watched=False
+        )
 
     async def _upsert(self, collection: str, rows: Sequence[Mapping[str, Any]], last_id: str, timeout: float) -> int:
         for start in range(0, len(rows), self.settings.write_batch_rows):
@@ -155,7 +156,7 @@ class MilvusStore:
         if not unique:
             return 0
         budget = timeout or self.settings.write_timeout_s
-        return await self._call("delete", self._delete(collection, unique, budget), budget, "ids", bulk=True)
+        return await self._call("delete", self._delete(collection, unique, budget), budget, "ids", watched=False)
 
     async def _delete(self, collection: str, ids: list[str], timeout: float) -> int:
         existed = 0
@@ -268,7 +269,7 @@ class MilvusStore:
         while True:
             expression = after_id_expression(last_id)
             page = self._read(collection, expression, wanted, budget, "fields", limit=page_size, **PK_ORDER)
-            rows = await self._call("iterate", page, budget, "collection", bulk=True)
+            rows = await self._call("iterate", page, budget, "collection", watched=False)
             for row in rows:
                 yield row
             if len(rows) < page_size:
@@ -389,21 +390,21 @@ class MilvusStore:
             self._layouts[collection] = Layout.described(described["fields"])
         return self._layouts[collection]
 
-    async def _call(self, what: str, call: Awaitable[T], timeout: float, argument: str, bulk: bool = False) -> T:
+    async def _call(self, what: str, call: Awaitable[T], timeout: float, argument: str, watched: bool = True) -> T:
         """`call` under `timeout`, its failures mapped; failing fast while Milvus refuses connections or, for the
-        request path's reads, while its circuit is open. `bulk` calls (writes, setup, pages of a full scan) are
-        left out of the circuit: one may take seconds without Milvus hanging."""
+        request path's reads (`watched`), while its circuit is open. Writes, setup and a full scan's pages are
+        not watched: one may take seconds without Milvus hanging."""
         try:
             if self._refused_since is not None and await self._still_refused():
                 down_s = time.monotonic() - self._refused_since
                 raise DependencyUnavailable("milvus", f"{self.settings.uri} refuses connections (for {down_s:.1f} s)")
-            if not bulk:
+            if watched:
                 self.circuit.check()
         except DependencyUnavailable:
             if inspect.iscoroutine(call):
                 call.close()  # never awaited: close it so Python does not warn
             raise
-        with contextlib.nullcontext() if bulk else self.circuit.watch():
+        with self.circuit.watching(watched):
             return await guarded(f"{what} ({self.settings.uri})", call, timeout, argument)
 
     async def _still_refused(self) -> bool:
