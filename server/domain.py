@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -77,8 +77,11 @@ class Hits:
         return Hits(self.ids[:limit], self.scores[:limit], {name: v[:limit] for name, v in self.fields.items()})
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
+    """One clicked item of a Recommend request: its id, or a title for an item the catalog may not know.
+    A NamedTuple, not a frozen dataclass: up to `max_history_items` are built per request, and a tuple is
+    built in half the time."""
+
     item_id: str
     title: str
 
