@@ -74,10 +74,15 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
             raise
         except GatewayError as error:
             code = status_for(error)
-            log.warning("rpc_failed", method=method, code=code.name, error=str(error))
-            if isinstance(error, Overloaded) and error.retry_pushback_ms is not None:
-                # abort() sends the trailing metadata set before it
-                context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(error.retry_pushback_ms)),))
+            if isinstance(error, Overloaded):
+                # Shed load (admission, or the LLM server's full queue) is counted, not logged per request
+                # (recstack_rpc_seconds{code="RESOURCE_EXHAUSTED"}, recstack_admission_rejected_total): a warning
+                # line per rejection was ~10 % of the gateway's CPU under overload (py-spy), spent exactly when
+                # it has none to spare.
+                if error.retry_pushback_ms is not None:  # abort() sends the trailing metadata set before it
+                    context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(error.retry_pushback_ms)),))
+            else:
+                log.warning("rpc_failed", method=method, code=code.name, error=str(error))
             await context.abort(code, str(error))
         except Exception:
             code = grpc.StatusCode.INTERNAL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+import structlog.testing
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
@@ -68,6 +69,43 @@ def test_ids_are_limited_in_utf8_bytes_and_the_error_names_the_field(item_id: st
         validator.recommend(request)
     size = len(item_id.encode())
     assert str(caught.value) == f"history[3].id: must be at most 64 bytes in UTF-8, got {size}"
+
+
+def entry_by_entry(validator: RequestValidator, history: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The history rules applied one entry at a time (the reference for the column-wise check)."""
+    checked = []
+    for i, (item_id, title) in enumerate(history):
+        checked.append(
+            (
+                validator._id(item_id, f"history[{i}].id", required=False),
+                validator._text(title, f"history[{i}].title", False),
+            )
+        )
+    return checked
+
+
+# any UTF-8 text (control characters, spaces, multi-byte), plus values just over each limit
+history_text = st.text(st.characters(codec="utf-8"), max_size=30) | st.sampled_from(
+    ["日" * 14, "é" * 21, "😀" * 11, "a b", "x" * 51]
+)
+
+
+@given(history=st.lists(st.tuples(history_text, history_text), max_size=12))
+def test_the_history_is_checked_as_columns_with_the_entry_by_entry_outcome(history: list[tuple[str, str]]) -> None:
+    strict = RequestValidator(GatewaySettings(max_id_bytes=40, max_text_chars=50))
+    request = pb.RecommendRequest(k=1, history=[pb.HistoryItem(id=i, title=t) for i, t in history])
+    try:
+        expected: list[tuple[str, str]] | InvalidArgument = entry_by_entry(strict, history)
+    except InvalidArgument as error:
+        expected = error
+    try:
+        got: list[tuple[str, str]] | InvalidArgument = [(e.item_id, e.title) for e in strict.recommend(request).history]
+    except InvalidArgument as error:
+        got = error
+    if isinstance(expected, InvalidArgument):
+        assert isinstance(got, InvalidArgument) and (got.field, str(got)) == (expected.field, str(expected))
+    else:
+        assert got == expected
 
 
 @pytest.mark.parametrize(("category", "accepted"), [("é" * 64, True), ("é" * 65, False), ("日" * 43, False)])
@@ -152,3 +190,36 @@ async def test_observed_aborts_with_the_mapped_status(raised: Exception, code, d
         async with observed("Search", context):
             raise raised
     assert context.aborted == (code, details)
+
+
+class PushbackContext(AbortingContext):
+    def __init__(self) -> None:
+        super().__init__()
+        self.trailing: tuple[tuple[str, str], ...] = ()
+
+    def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = metadata
+
+
+@pytest.mark.anyio
+async def test_shed_requests_are_counted_not_logged_and_failures_are_logged() -> None:
+    """A warning per rejected request cost ~10 % of the gateway's CPU under overload: shedding is not logged."""
+    for raised, logged in [
+        (Overloaded("limit", retry_pushback_ms=40), False),
+        (DependencyUnavailable("milvus", "x"), True),
+    ]:
+        context = PushbackContext()
+        with structlog.testing.capture_logs() as logs, pytest.raises(grpc.aio.AbortError):
+            async with observed("Recommend", context):
+                raise raised
+        assert [entry["event"] for entry in logs] == (["rpc_failed"] if logged else [])
+        assert context.aborted is not None and context.aborted[0] == status_for(raised)
+
+
+@pytest.mark.anyio
+async def test_a_rejection_carries_its_retry_pushback() -> None:
+    context = PushbackContext()
+    with pytest.raises(grpc.aio.AbortError):
+        async with observed("Recommend", context):
+            raise Overloaded("limit", retry_pushback_ms=40)
+    assert context.trailing == (("grpc-retry-pushback-ms", "40"),)
