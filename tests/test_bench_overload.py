@@ -132,9 +132,9 @@ def test_cpu_and_overload_ratios_are_derived_for_their_budgets() -> None:
 @pytest.mark.parametrize(
     ("gateway_ms", "overload_ok", "failing"),
     [
-        (5.0, 280, set()),
+        (4.0, 280, set()),  # 8x the echo floor
         (9.0, 280, {"recommend@c8.gateway_cpu_vs_echo", "search@c8.gateway_cpu_vs_echo"}),  # 18x the echo floor
-        (5.0, 30, {"overload.goodput_ratio"}),  # goodput 0.1 of capacity
+        (4.0, 30, {"overload.goodput_ratio"}),  # goodput 0.1 of capacity
     ],
 )
 def test_the_repository_budgets_fail_a_cpu_ratio_over_its_ceiling_and_a_goodput_under_its_floor(
