@@ -292,7 +292,7 @@ async def test_an_open_circuit_fails_request_path_reads_at_once_but_not_writes_o
         await store.search(NEWS, one_hot(0)[None, :], limit=3)
     with pytest.raises(DependencyUnavailable, match="calls stalled"):
         await store.get(NEWS, ["c1"])
-    assert await store.upsert(NEWS, [news_row("c1", one_hot(1))]) == 1  # a write is not watched: not held by the circuit
+    assert await store.upsert(NEWS, [news_row("c1", one_hot(1))]) == 1  # writes are not watched by the circuit
     assert [row["id"] async for row in store.iterate(NEWS)] == ["c1"]
     clock.now += 1.5  # a trial call is due: it is answered, and the circuit closes
     assert (await store.search(NEWS, one_hot(1)[None, :], limit=3))[0].ids == ["c1"]
