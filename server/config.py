@@ -252,8 +252,8 @@ class FeedbackSettings(Section):
     max_pending_impressions: int = Field(
         100_000,
         gt=0,
-        description="Most served answers remembered for feedback; the oldest are forgotten first. Each takes about "
-        "1.7 KB (k=10, 10 history items) to 4.2 KB (50 history items) of gateway memory.",
+        description="Most served answers remembered for feedback (and logged ones, to answer retries); the oldest "
+        "are forgotten first. Each takes about 1.1 KB of gateway memory (k=10, 50 history items; tracemalloc).",
     )
     impression_ttl_s: float = Field(3600.0, gt=0, description="How long a served answer waits for its feedback.")
     max_events: int = Field(1000, gt=0, description="Most events in one LogFeedback call.")

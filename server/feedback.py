@@ -14,9 +14,11 @@ Why this shape:
   first, so a behaviors line never names an item that is not durable) before the reply: what was
   acknowledged survives a crash. A line torn by a crash was never acknowledged; it is cut off when the
   file is next opened, so later lines stay parseable.
-- Each impression is logged once: its entry leaves the table when its line is durable, so a repeat
-  is INVALID_ARGUMENT ("unknown, expired or already logged") and never a duplicate line (which the
-  MIND loader would reject).
+- Each impression is logged once, never as a duplicate line (which the MIND loader would reject): its
+  entry leaves the table when its line is durable. A repeat with the same clicks is a retry whose
+  acknowledgement was lost, and is acknowledged again, counted as the original was, with nothing
+  written (idempotent; for as long as an answer is remembered, `impression_ttl_s`). A repeat with other
+  clicks is INVALID_ARGUMENT; one while the original call is still writing is UNAVAILABLE (retry).
 - Gateway workers (`gateway.workers` > 1) each remember their own answers and write their own log,
   `<log_dir>/worker-<i>/YYYY-MM-DD/` (no two processes append to one file); training reads every worker's
   days together. A LogFeedback must reach the worker that served the answer: send it on the channel
@@ -39,6 +41,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+
+from cachetools import TTLCache
 
 from server.config import FeedbackSettings
 from server.domain import FeedbackEvent, RecommendQuery
@@ -278,6 +282,15 @@ def drop_torn_tail(path: Path, chunk: int = 65_536) -> None:
             os.fsync(file.fileno())
 
 
+@dataclass(frozen=True, slots=True)
+class LoggedOutcome:
+    """What one logged event was, to answer its retries: the clicks it reported, and what was counted."""
+
+    clicked: frozenset[str]
+    impressions: int  # 1, or 0 when no shown item could be written
+    clicks: int
+
+
 class FeedbackRecorder:
     """Remembers Recommend answers and writes their feedback (see the module docstring)."""
 
@@ -287,6 +300,9 @@ class FeedbackRecorder:
         """`max_events`: the most events one LogFeedback call may carry."""
         self.table, self.log, self.max_events, self.clock = table, log, max_events, clock
         self.rows = SharedRows()
+        # impressions logged, for as long as (and as many as) answers are remembered: retries are answered
+        self.logged: TTLCache[str, LoggedOutcome] = TTLCache(table.capacity, table.ttl_s, timer=table.clock)
+        self._writing: set[str] = set()  # impressions taken by a call that is still writing them
 
     @classmethod
     def from_settings(cls, settings: FeedbackSettings, worker: int | None = None) -> FeedbackRecorder:
@@ -313,22 +329,35 @@ class FeedbackRecorder:
 
         InvalidArgument naming the field when an event does not match what was served; then nothing is written.
         """
-        self._check(events)
-        served = self.table.take(event.impression_id for event in events)
-        logged = [line for event in events if (line := logged_impression(event, served[event.impression_id]))]
+        retried = self._check(events)
+        fresh = [event for event in events if event.impression_id not in retried]
+        served = self.table.take(event.impression_id for event in fresh)
+        lines = {event.impression_id: logged_impression(event, served[event.impression_id]) for event in fresh}
+        written = [line for line in lines.values() if line]
+        self._writing.update(served)
         try:
-            await asyncio.to_thread(self.log.append, logged)
+            await asyncio.to_thread(self.log.append, written)
         except OSError as error:
             self.table.put_back(served)
             raise DependencyUnavailable("feedback_log", str(error)) from error
-        for line in logged:
+        finally:
+            self._writing.difference_update(served)
+        outcomes = list(retried.values())
+        for event in fresh:
+            line = lines[event.impression_id]
+            outcome = LoggedOutcome(frozenset(event.clicked), int(line is not None), len(line.clicked) if line else 0)
+            self.logged[event.impression_id] = outcome
+            outcomes.append(outcome)
+        for line in written:
             version = served[line.impression_id].model_version
             FEEDBACK_IMPRESSIONS.labels(version).inc()
             FEEDBACK_CLICKS.labels(version).inc(len(line.clicked))
             FEEDBACK_SHOWN.labels(version).inc(len(line.shown))
-        return len(logged), sum(len(line.clicked) for line in logged)
+        return sum(o.impressions for o in outcomes), sum(o.clicks for o in outcomes)
 
-    def _check(self, events: Sequence[FeedbackEvent]) -> None:
+    def _check(self, events: Sequence[FeedbackEvent]) -> dict[str, LoggedOutcome]:
+        """Raise for an event that does not match what was served; the retries among them, by impression id."""
+        retried: dict[str, LoggedOutcome] = {}
         seen: set[str] = set()
         for i, event in enumerate(events):
             field = f"events[{i}]"
@@ -337,11 +366,24 @@ class FeedbackRecorder:
             seen.add(event.impression_id)
             served = self.table.get(event.impression_id)
             if served is None:
-                raise InvalidArgument(f"{field}.impression_id", "unknown, expired or already logged")
+                retried[event.impression_id] = self._retry(event, field)
+                continue
             shown = {row.item_id for row in served.shown}
             for j, item_id in enumerate(event.clicked):
                 if item_id not in shown:
                     raise InvalidArgument(f"{field}.clicked_item_ids[{j}]", f"{item_id!r} was not shown")
+        return retried
+
+    def _retry(self, event: FeedbackEvent, field: str) -> LoggedOutcome:
+        """The original outcome of an event logged before (a retry after a lost acknowledgement), or raise."""
+        if event.impression_id in self._writing:
+            raise DependencyUnavailable("feedback_log", f"{field}: another call is writing this impression; retry")
+        outcome = self.logged.get(event.impression_id)
+        if outcome is None:
+            raise InvalidArgument(f"{field}.impression_id", "unknown or expired")
+        if outcome.clicked != frozenset(event.clicked):
+            raise InvalidArgument(f"{field}.clicked_item_ids", "this impression was already logged with other clicks")
+        return outcome
 
 
 def logged_impression(event: FeedbackEvent, served: ServedImpression) -> LoggedImpression | None:

@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
 from server.config import FeedbackSettings, GatewaySettings
 from server.domain import FeedbackEvent, RecommendQuery
-from server.errors import InvalidArgument
+from server.errors import DependencyUnavailable, InvalidArgument
 from server.feedback import (
     BEHAVIORS_FILE,
     NEWS_FILE,
@@ -185,8 +187,44 @@ async def test_events_that_do_not_match_what_was_served_are_rejected_naming_the_
         assert error.value.field == field
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing of a rejected call is written
     assert await rec.record([FeedbackEvent(first, ("N2",), None)]) == (1, 1)
-    with pytest.raises(InvalidArgument, match=r"^events\[0\]\.impression_id: unknown, expired or already logged"):
-        await rec.record([FeedbackEvent(first, ("N2",), None)])  # logged once: a repeat writes no second line
+    with pytest.raises(InvalidArgument, match=r"^events\[0\]\.clicked_item_ids: this impression was already logged"):
+        await rec.record([FeedbackEvent(first, ("N1",), None)])  # other clicks than the logged ones
+
+
+@pytest.mark.anyio
+async def test_a_retry_after_a_lost_acknowledgement_is_answered_as_the_original_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    rec = recorder(tmp_path)
+    first, second = served(rec, "N1", "N2"), served(rec, "N3")
+    assert await rec.record([FeedbackEvent(first, ("N2",), NOON)]) == (1, 1)
+    impressions = sample("recstack_feedback_impressions_total", version="7")
+    # the retry, in a call with a new event: the same answer for the retry, the new one written
+    assert await rec.record([FeedbackEvent(first, ("N2",), NOON), FeedbackEvent(second, (), None)]) == (2, 1)
+    assert [i.impression_id for i in load_feedback_log(tmp_path).impressions] == [first, second]  # one line each
+    assert sample("recstack_feedback_impressions_total", version="7") == impressions + 1  # the retry not counted
+
+
+@pytest.mark.anyio
+async def test_a_retry_while_the_original_is_being_written_is_unavailable(tmp_path: Path) -> None:
+    rec = recorder(tmp_path)
+    impression_id = served(rec, "N1")
+    writing, release = threading.Event(), threading.Event()
+    append = rec.log.append
+
+    def slow_append(impressions: Sequence[LoggedImpression]) -> None:
+        writing.set()
+        release.wait(10)
+        append(impressions)
+
+    rec.log.append = slow_append  # type: ignore[method-assign]
+    original = asyncio.create_task(rec.record([FeedbackEvent(impression_id, ("N1",), None)]))
+    await asyncio.to_thread(writing.wait, 10)
+    with pytest.raises(DependencyUnavailable, match="another call is writing this impression"):
+        await rec.record([FeedbackEvent(impression_id, ("N1",), None)])
+    release.set()
+    assert await original == (1, 1)
+    assert await rec.record([FeedbackEvent(impression_id, ("N1",), None)]) == (1, 1)  # now an ordinary retry
 
 
 @pytest.mark.anyio
@@ -279,10 +317,17 @@ async def test_recommend_then_log_feedback_writes_the_line(tmp_path: Path) -> No
         event = pb.FeedbackEvent(impression_id=answer.impression_id, clicked_item_ids=[shown[1]])
         logged = await stub.LogFeedback(pb.LogFeedbackRequest(events=[event]))
         assert (logged.impressions_logged, logged.clicks_logged) == (1, 1)
+        assert await stub.LogFeedback(pb.LogFeedbackRequest(events=[event])) == logged  # a retry: the same answer
+        other = pb.FeedbackEvent(impression_id=answer.impression_id, clicked_item_ids=[shown[0]])
         with pytest.raises(grpc.aio.AioRpcError) as error:
-            await stub.LogFeedback(pb.LogFeedbackRequest(events=[event]))
+            await stub.LogFeedback(pb.LogFeedbackRequest(events=[other]))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert error.value.details().startswith("events[0].impression_id")
+        assert error.value.details().startswith("events[0].clicked_item_ids: this impression was already logged")
+        unknown = pb.FeedbackEvent(impression_id="0" * 32)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.LogFeedback(pb.LogFeedbackRequest(events=[unknown]))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details() == "events[0].impression_id: unknown or expired"
     split = load_feedback_log(tmp_path)
     (line,) = split.impressions
     assert (line.impression_id, line.user_id, line.history) == (answer.impression_id, "U9", ("a",))
