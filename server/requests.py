@@ -56,12 +56,12 @@ class RequestValidator:
     def _history(self, entries: Sequence[pb.HistoryItem]) -> tuple[HistoryEntry, ...]:
         """The history's entries, checked as whole columns first: the same rules as `_id` and `_text`, without
         a field name formatted and two checks called per entry (a Recommend carries up to `max_history_items`;
-        per-entry checks were ~5 % of the gateway's CPU per Recommend, profiled). Only when a column fails are
-        the entries checked one by one, to name the field."""
+        the per-entry checks were ~5 % of the gateway's py-spy samples under overload). Only when a column fails
+        are the entries checked one by one, to name the field."""
         ids = [entry.id for entry in entries]
         titles = [entry.title for entry in entries]
         joined = "".join(ids)
-        ids_ok = joined.isprintable() and " " not in joined and self._fit_bytes(ids, self.limits.max_id_bytes)
+        ids_ok = joined.isprintable() and " " not in joined and self._all_within_bytes(ids, self.limits.max_id_bytes)
         if not ids_ok or max(map(len, titles), default=0) > self.limits.max_text_chars:
             for i, (item_id, title) in enumerate(zip(ids, titles, strict=True)):
                 self._id(item_id, f"history[{i}].id", required=False)
@@ -69,8 +69,8 @@ class RequestValidator:
         return tuple(map(HistoryEntry, ids, titles))
 
     @staticmethod
-    def _fit_bytes(values: list[str], most: int) -> bool:
-        """Whether every value is at most `most` bytes in UTF-8 (ASCII: one byte per character)."""
+    def _all_within_bytes(values: list[str], most: int) -> bool:
+        """Whether every value is at most `most` bytes in UTF-8 (by length first: 1 to 4 bytes per character)."""
         longest = max(map(len, values), default=0)
         if longest * 4 <= most:  # UTF-8 takes at most 4 bytes per character
             return True
