@@ -148,7 +148,14 @@ class GatewayApp:
         # One-row calls of the request path are coalesced; ingestion sends its own full batches.
         user_encoders = BatchedEncoders(news.encoders, s.triton.coalesce_rows, s.triton.coalesce_in_flight)
         rec = s.recommend
-        cold_start = ColdStart(self.store, news.collection, self.clock, rec.cold_start_window_days, rec.cold_start_pool)
+        cold_start = ColdStart(
+            self.store,
+            news.collection,
+            self.clock,
+            rec.cold_start_window_days,
+            rec.cold_start_pool,
+            rec.cold_start_reuse_s,
+        )
         catalog = CatalogView(news.cache, self.store, news.collection)
         return Recommender(
             HistoryVectors(catalog, news.encoders, rec.max_history),

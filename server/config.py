@@ -208,7 +208,13 @@ class RecommendSettings(Section):
     item_cache_capacity: int = Field(200_000, ge=0, description="News vectors kept in gateway memory.")
     item_cache_ttl_s: float = Field(300.0, gt=0, description="Bound on staleness for writes made via other replicas.")
     cold_start_window_days: float = Field(3.0, gt=0, description="Cold start: recent = this close to the newest item.")
-    cold_start_pool: int = Field(1000, gt=0, description="Cold start: recent items read per request, then ranked.")
+    cold_start_pool: int = Field(1000, gt=0, description="Cold start: recent items read, then ranked.")
+    cold_start_reuse_s: float = Field(
+        5.0,
+        ge=0,
+        description="Cold start: reuse a filter set's ranked recent items this long (0: read them per request); "
+        "this gateway's own writes show at once, other replicas' within this.",
+    )
     cache_warmup_timeout_s: float = Field(
         1800.0, gt=0, description="Deadline of the whole item cache warm-up (each page has milvus.timeout_s)."
     )

@@ -267,6 +267,47 @@ async def test_items_ingested_move_the_clock_cold_start_reads(store: FakeStore) 
     assert [i.item_id for i in result.items] == ["c"]  # nothing in x/y is recent: older items fill up
 
 
+class FakeTimer:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_cold_start_reuses_a_filter_sets_ranked_rows_until_they_expire(store: FakeStore) -> None:
+    timer = FakeTimer()
+    cold = ColdStart(store, "news", CatalogClock(), window_days=1, pool=100, reuse_s=5.0, timer=timer)
+    in_x = state(1, exclude=frozenset({"c"}))
+    in_x = replace(in_x, query=replace(in_x.query, filters=Filters(categories=("x",))))
+
+    def reads() -> int:
+        return sum(name == "query" for name, _ in store.calls)
+
+    first = await cold(Candidates.none(), state(2), ctx())
+    store.rows["news"]["b"].update(popularity=9.0)  # written behind this gateway's back
+    assert (await cold(Candidates.none(), state(2), ctx())).ids == first.ids  # reused: no new read
+    assert reads() == 1
+    assert (await cold(Candidates.none(), in_x, ctx())).ids == ["a"]  # other filters: their own read
+    assert reads() == 2
+    timer.now = 5.1
+    assert (await cold(Candidates.none(), state(2), ctx())).ids[0] == "b"  # expired: read again
+    assert reads() == 3
+
+
+async def test_cold_start_reuse_ends_with_this_gateways_own_news_writes(store: FakeStore) -> None:
+    clock, cache, encoders = CatalogClock(), ItemCache(10, 60), FakeEncoders()
+    cold = ColdStart(store, "news", clock, window_days=1, pool=100, reuse_s=3600.0)
+    ingest = Ingest(encoders, store, cache, clock, "news", "passages", encode_batch=8)
+    store.rows["news"]["a"].update(popularity=5.0)
+    assert (await cold(Candidates.none(), state(1), ctx())).ids == ["a"]
+    await ingest.delete(["a"], [], ctx())
+    assert (await cold(Candidates.none(), state(1), ctx())).ids != ["a"]  # deleted: not served again
+    await ingest.upsert_news([NewsRecord("hot", "hot news", "c", "", "", 300, 0.0)], ctx())
+    store.rows["news"]["hot"].update(popularity=9.0)
+    assert (await cold(Candidates.none(), state(1), ctx())).ids == ["hot"]
+
+
 async def test_search_encodes_the_query_and_returns_passages_with_their_fields() -> None:
     store = FakeStore(rows={"passages": {"p": {"id": "p", "vector": np.array([1, 0, 0, 0], np.float32),
                                               "text": "T", "title": "H", "category": "c", "doc_id": "D",

@@ -77,18 +77,25 @@ def first_row(rows: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 class CatalogClock:
-    """The news catalog's newest publication instant (unix seconds), ColdStart's notion of "now".
+    """The news catalog's newest publication instant (unix seconds), ColdStart's notion of "now", and the
+    `revision` of the catalog as this gateway wrote it.
 
     Built once per gateway and passed explicitly: the cache warm-up feeds it every stored row, ingest
     every upserted one; it never moves back (a deletion leaves it where it was), so "recent" does not
-    depend on the wall clock and a replayed 2017 catalog works too.
+    depend on the wall clock and a replayed 2017 catalog works too. Ingest also counts each news write
+    (`changed`), so what was derived from the catalog (ColdStart's ranked pools) is not reused past it.
     """
 
     def __init__(self) -> None:
         self.newest_published = 0
+        self.revision = 0
 
     def observe(self, published: int) -> None:
         self.newest_published = max(self.newest_published, published)
+
+    def changed(self) -> None:
+        """This gateway wrote news (upserted or deleted some)."""
+        self.revision += 1
 
 
 # ---- ports: what the stages call, each implemented by an adapter elsewhere --------------------------

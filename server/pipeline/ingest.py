@@ -1,5 +1,5 @@
 """UpsertItems / DeleteItems: encode items on Triton, write vectors and fields to Milvus, keep the
-in-memory item vectors and the catalog clock in step with what was written.
+in-memory item vectors and the catalog clock (its newest instant, its revision) in step with what was written.
 
 News is written to every live model version (`NewsTarget`s: the control first, then e.g. the version a
 rollout is building and the one a rollback would return to), each encoded by its own news encoder, so a
@@ -56,7 +56,10 @@ class Ingest:
     async def upsert_news(self, records: Sequence[NewsRecord], ctx: RequestContext) -> int:
         if not records:
             return 0
-        written = [await self._upsert_news(target, records, ctx) for target in self.news_targets()]
+        try:
+            written = [await self._upsert_news(target, records, ctx) for target in self.news_targets()]
+        finally:  # a failed call may have written some of the rows
+            self.clock.changed()
         for record in records:
             self.clock.observe(record.published)
         return written[0]
@@ -104,7 +107,10 @@ class Ingest:
     async def delete(self, news_ids: Sequence[str], passage_ids: Sequence[str], ctx: RequestContext) -> tuple[int, int]:
         news_deleted = passages_deleted = 0
         if news_ids:
-            deleted = [await self._delete_news(target, news_ids, ctx) for target in self.news_targets()]
+            try:
+                deleted = [await self._delete_news(target, news_ids, ctx) for target in self.news_targets()]
+            finally:
+                self.clock.changed()
             news_deleted = deleted[0]  # the control's
         if passage_ids:
             with ctx.timer.stage("milvus.delete_passages"):
