@@ -7,12 +7,15 @@ processes, so it stays small.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from server.config import Settings, load_settings
 from server.observability import configure_logging
 from server.transport import InsecureExposure
+
+TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"  # the tokenizers library's switch for its thread pool
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve_here(settings: Settings, worker: int | None) -> None:
     """Run one gateway in this process (a supervisor's worker when `worker` is set) until it is told to stop."""
+    # The request path tokenizes a few texts at a time (a Search's query; titles of unknown history items),
+    # where the tokenizers library's thread pool costs more CPU than it saves: encode_batch of 2 / 4 queries
+    # took 226 / 313 us of CPU with it and 97 / 126 us without (benchmarks/README.md). Set to keep it.
+    os.environ.setdefault(TOKENIZERS_PARALLELISM, "false")
     import uvloop
 
     from server.app import serve
