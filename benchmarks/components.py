@@ -7,14 +7,16 @@ from real demo data, outside any measured window:
 - `RecommendCase`: a dev impression with a non-empty history (cold start is another path): the
   RecommendRequest the gateway gets; the history vectors its user encoder gets ([1, H, D]: the most
   recent `max_history` clicks the catalog knows, read from Milvus, as the gateway's cache holds them);
-  the user vector (computed once by the served user encoder); the ANN limit (k + distinct history ids,
-  what the gateway asks Milvus for so that k remain after dropping seen items).
+  the user vector (computed once by the served user encoder); the ANN limit (what the gateway asks Milvus
+  for, `server.pipeline.recommend.ann_limit`: k, or the re-ranked pool when the gateway re-ranks, plus the
+  distinct history ids it may drop as seen).
 - `SearchCase`: a dev query: the SearchRequest, its tokens (the served tokenizer file) and its vector.
 
 Direct calls (each a `DirectClient` the load generator drives like a gateway):
   triton.user_encoder   tritonclient.grpc.aio infer of nrms_user_encoder with the case's history
   triton.query_encoder  tritonclient.grpc.aio infer of query_encoder with the case's tokens
-  milvus.search         the MilvusStore façade's search with the case's vector, limit and output fields
+  milvus.search         the MilvusStore façade's search with the case's vector and limit, and the output
+                        fields the gateway asks for (none for news: its item cache has them; a Search's passage fields)
 """
 
 from __future__ import annotations
@@ -36,13 +38,12 @@ from benchmarks.loadgen import OK, Reply
 from benchmarks.workload import DemoRequests, Rpc
 from contract.tokenizer import TextTokenizer
 from recstack.v1 import gateway_pb2 as pb
+from server.config import RecommendSettings
 from server.domain import Hits
 from server.milvus import MilvusStore
+from server.pipeline.recommend import ann_limit
+from server.pipeline.search import PASSAGE_FIELDS
 
-# What Recommend and Search return per item (RecommendResponse / SearchResponse fields), so the direct
-# Milvus search reads the same output fields as the gateway's.
-NEWS_OUTPUT = ("title", "category", "published")
-PASSAGE_OUTPUT = ("text", "title", "category", "doc_id", "published")
 PREPARE_TIMEOUT_S = 30.0
 # The direct calls, named as the gateway names the same work in its StageTimings.
 TRITON_USER_ENCODER = "triton.user_encoder"
@@ -140,10 +141,10 @@ class Dependencies:
         return await triton_infer(self.triton, contract.QUERY_ENCODER, inputs, timeout_s)
 
     async def search_news(self, vector: np.ndarray, limit: int, timeout_s: float) -> list[Hits]:
-        return await self.store.search(self.news_collection, vector[None], limit, None, NEWS_OUTPUT, timeout_s)
+        return await self.store.search(self.news_collection, vector[None], limit, None, (), timeout_s)
 
     async def search_passages(self, vector: np.ndarray, limit: int, timeout_s: float) -> list[Hits]:
-        return await self.store.search(self.passage_collection, vector[None], limit, None, PASSAGE_OUTPUT, timeout_s)
+        return await self.store.search(self.passage_collection, vector[None], limit, None, PASSAGE_FIELDS, timeout_s)
 
     def recommend_calls(self) -> dict[str, DirectClient]:
         """The dependency calls of one Recommend (over RecommendCases)."""
@@ -173,9 +174,17 @@ class Dependencies:
 
 
 async def recommend_cases(
-    deps: Dependencies, data_dir: Path, news: CatalogVectors, k: int, max_history: int, count: int, seed: int = 0
+    deps: Dependencies,
+    data_dir: Path,
+    news: CatalogVectors,
+    k: int,
+    settings: RecommendSettings,
+    count: int,
+    seed: int = 0,
 ) -> list[RecommendCase]:
-    """Up to `count` dev impressions (seeded sample) whose history the catalog knows, prepared as cases."""
+    """Up to `count` dev impressions (seeded sample) whose history the catalog knows, prepared as cases for a
+    gateway with these Recommend `settings`."""
+    max_history, min_pool = settings.max_history, settings.min_candidates()
     histories = [(user, history) for user, history in DemoRequests(data_dir).histories if history]
     random.Random(seed).shuffle(histories)
     rows = news.index()
@@ -187,7 +196,7 @@ async def recommend_cases(
         request = pb.RecommendRequest(user_id=user_id, history=[pb.HistoryItem(id=i) for i in history], k=k)
         vectors = news.vectors[used][None]
         (user,) = await deps.encode_user(vectors, PREPARE_TIMEOUT_S)
-        cases.append(RecommendCase(request, vectors, user, limit=k + len(set(history))))
+        cases.append(RecommendCase(request, vectors, user, limit=ann_limit(k, min_pool, len(set(history)))))
         if len(cases) == count:
             break
     if not cases:

@@ -282,9 +282,9 @@ async def measure_demo(
             with bench.collector.timed("prepare_cases"):
                 news = await deps.catalog_vectors(settings.news_collection)
                 passages = await deps.catalog_vectors(settings.passage_collection)
-                max_history = RecommendSettings().max_history
+                served = RecommendSettings(ranking_weights=stack.config.ranking_weights)  # the stack gateway's
                 count = bench.profile.recommend_cases
-                recommend = await recommend_cases(deps, inputs.data_dir, news, K, max_history, count)
+                recommend = await recommend_cases(deps, inputs.data_dir, news, K, served, count)
                 search = await search_cases(deps, inputs.data_dir, inputs.tokenizers, K)
             if not bench.profile.comparisons:
                 await measure_overload(bench, ours, CaseRequests(recommend, direct=False), stack.metrics_url)

@@ -210,10 +210,9 @@ class GatewayApp:
     def _ranking_stage(self) -> PopularityAwareOrder | None:
         """The popularity-aware re-ranking when configured and its exported weights exist, else None (NRMS order)."""
         rec = self.settings.recommend
-        if rec.ranking == "content":
-            return None
-        if not rec.ranking_weights.is_file():
-            log.warning("ranking_weights_missing", path=str(rec.ranking_weights), serving="content order")
+        if not rec.serves_ranking:
+            if rec.ranking != "content":
+                log.warning("ranking_weights_missing", path=str(rec.ranking_weights), serving="content order")
             return None
         weights = RankingWeights.from_json(rec.ranking_weights)
         log.info("ranking", kind=rec.ranking, **asdict(weights))

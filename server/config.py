@@ -231,6 +231,16 @@ class RecommendSettings(Section):
         description="popularity_aware: the weights `make export` writes; when missing, the NRMS order is served.",
     )
 
+    @property
+    def serves_ranking(self) -> bool:
+        """Whether personal recommendations are re-ranked: `popularity_aware`, and its weights file exists."""
+        return self.ranking == "popularity_aware" and self.ranking_weights.is_file()
+
+    def min_candidates(self) -> int:
+        """What the ANN stage asks for at least, before the ids it may drop: the re-ranked pool, else 0 (just k).
+        The gateway's rule, for whoever measures its calls (the benchmarks' direct calls)."""
+        return self.ranking_candidates if self.serves_ranking else 0
+
 
 class RagSettings(Section):
     """Answer's retrieval and grounding knobs."""

@@ -41,8 +41,8 @@ async def measure(stack, data_dir, echo_target: str, meter: CpuMeter) -> tuple[B
         ):
             deps = Dependencies(triton, store, settings.news_collection, settings.passage_collection)
             news = await deps.catalog_vectors(settings.news_collection)
-            history = RecommendSettings().max_history
-            recommend = await recommend_cases(deps, data_dir, news, 10, history, TINY.recommend_cases)
+            served = RecommendSettings(ranking_weights=stack.config.ranking_weights)
+            recommend = await recommend_cases(deps, data_dir, news, 10, served, TINY.recommend_cases)
             search = await search_cases(deps, data_dir, stack.config.tokenizer_dir, 10)
             for rpc, cases, calls in (
                 ("recommend", recommend, deps.recommend_calls()),

@@ -9,7 +9,15 @@ import pytest
 from pydantic import ValidationError
 
 from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
-from server.config import MAX_WORKERS, GatewaySettings, RagSettings, Settings, available_cpus, load_settings
+from server.config import (
+    MAX_WORKERS,
+    GatewaySettings,
+    RagSettings,
+    RecommendSettings,
+    Settings,
+    available_cpus,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +116,15 @@ def test_a_bad_number_of_workers_is_rejected_naming_the_key(workers: object) -> 
 def test_production_runs_a_worker_per_cpu() -> None:
     settings = load_settings(ROOT / "configs" / "production.yaml")
     assert settings.gateway.workers == 0 and settings.gateway.worker_processes == available_cpus()
+
+
+def test_the_ann_stage_asks_for_the_reranked_pool_only_when_the_ranking_is_served(tmp_path: Path) -> None:
+    """The gateway's rule, which the benchmarks' direct Milvus calls follow to do the same work."""
+    weights = tmp_path / "ranking.json"
+    missing = RecommendSettings(ranking_weights=weights)
+    assert not missing.serves_ranking and missing.min_candidates() == 0
+    weights.write_text("{}")
+    served = RecommendSettings(ranking_weights=weights, ranking_candidates=70)
+    assert served.serves_ranking and served.min_candidates() == 70
+    content = RecommendSettings(ranking_weights=weights, ranking="content")
+    assert not content.serves_ranking and content.min_candidates() == 0

@@ -190,7 +190,7 @@ class AnnCandidates:
     async def __call__(self, candidates: Candidates, state: RecommendState, ctx: RequestContext) -> Candidates:
         if state.user is None:
             raise ValueError("AnnCandidates needs the request's user vector")
-        limit = min(self.max_limit, max(state.candidate_pool, self.min_pool) + len(state.exclude))
+        limit = ann_limit(state.candidate_pool, self.min_pool, len(state.exclude), self.max_limit)
         with ctx.timer.stage("milvus.search"):
             (hits,) = await self.searcher.search(
                 self.catalog.collection, state.user[None], limit, state.query.filters, (), ctx.remaining("milvus")
@@ -203,6 +203,12 @@ class AnnCandidates:
         rows = np.fromiter((positions.get(item_id, -1) for item_id in hits.ids), np.intp, len(hits))
         found = rows >= 0  # the rest were deleted between search and lookup
         return Candidates(entries.take(rows[found]), scores[found])
+
+
+def ann_limit(pool: int, min_pool: int, excluded: int, most: int = MAX_RESULT_ROWS) -> int:
+    """How many hits AnnCandidates asks Milvus for: the ordering's `pool` (k, or MMR's wider one), at least
+    `min_pool` (what a re-ranking re-orders), plus the `excluded` ids that ExcludeSeen may drop; at most `most`."""
+    return min(most, max(pool, min_pool) + excluded)
 
 
 class ExcludeSeen:
