@@ -309,8 +309,9 @@ class LoadRun:
             recorders.append(self.result.recorder(rpc))
         latency_ms = (reply.finished - intended) * 1000.0
         if reply.code != OK:
+            answered_ms = (reply.finished - sent) * 1000.0
             for recorder in recorders:
-                recorder.record_error(reply.code, reply.detail, latency_ms)
+                recorder.record_error(reply.code, reply.detail, latency_ms, answered_ms)
             return
         overhead_ms = None
         if reply.server_ms is not None:

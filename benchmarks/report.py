@@ -136,9 +136,12 @@ def cpu_ms_per_request(scenarios: Mapping[str, dict]) -> dict[str, dict[str, flo
 def overload_result(capacity: dict, overloaded: dict) -> dict:
     """The suite's "overload" key from the capacity scenario (closed loop) and the overloaded one (open loop,
     `error_latency_ms` per code): capacity, offered and goodput rates, their ratio, shed and admitted p99,
-    every status code's count, and the share of codes other than OK and RESOURCE_EXHAUSTED."""
+    every status code's count, and the share of codes other than OK and RESOURCE_EXHAUSTED. `shed_p99_ms` counts
+    from the intended send (the target's); `shed_p99_from_send_ms` from the actual one (without the load
+    generator's own lag)."""
     requests, ok, errors = overloaded["requests"], overloaded["ok"], overloaded["errors"]
     shed_latency = overloaded.get("error_latency_ms", {}).get(SHED, {})
+    shed_answer = overloaded.get("error_answer_ms", {}).get(SHED, {})
     capacity_rps, goodput_rps = capacity["qps"], overloaded["qps"]
     unexpected = requests - ok - errors.get(SHED, 0)
     return {
@@ -147,6 +150,7 @@ def overload_result(capacity: dict, overloaded: dict) -> dict:
         "goodput_rps": goodput_rps,
         "goodput_ratio": ratio(goodput_rps, capacity_rps),
         "shed_p99_ms": shed_latency.get("p99_ms"),
+        "shed_p99_from_send_ms": shed_answer.get("p99_ms"),
         "admitted_p99_ms": overloaded["p99_ms"] if ok else None,
         "codes": {OK: ok, **errors},
         "unexpected_code_ratio": round(unexpected / requests, 6) if requests else None,

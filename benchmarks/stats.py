@@ -5,7 +5,9 @@ Every latency-like value is in milliseconds, recorded at 1 µs resolution with 3
 histogram's range [0, highest]; a negative "overhead" (stage clocks overlapping the client's) counts as 0.
 
 Failed requests' latencies are kept too, per status code (`error_latency_ms`): how fast a shed request
-(RESOURCE_EXHAUSTED) was answered matters as much as how fast an admitted one was.
+(RESOURCE_EXHAUSTED) was answered matters as much as how fast an admitted one was. Open loop, they are also
+kept from the actual send (`error_answer_ms`), so a load generator that sends late (a busy machine) is told
+apart from a server that answers late.
 
 `ScenarioResult.to_dict()` is the JSON schema documented in benchmarks/README.md.
 """
@@ -71,7 +73,8 @@ class Recorder:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: dict[str, str] = field(default_factory=dict)  # the first message seen per code
-    error_latency: dict[str, Histogram] = field(default_factory=dict)  # by status code
+    error_latency: dict[str, Histogram] = field(default_factory=dict)  # by status code, from the intended send
+    error_answer: dict[str, Histogram] = field(default_factory=dict)  # by status code, from the actual send
     latency: Histogram = field(default_factory=Histogram)
     overhead: Histogram = field(default_factory=Histogram)
     stages: dict[str, Histogram] = field(default_factory=dict)
@@ -101,14 +104,18 @@ class Recorder:
             if answer.tokens_per_s is not None:
                 self.tokens_per_s.record(answer.tokens_per_s)
 
-    def record_error(self, code: str, detail: str = "", latency_ms: float | None = None) -> None:
+    def record_error(
+        self, code: str, detail: str = "", latency_ms: float | None = None, answered_ms: float | None = None
+    ) -> None:
+        """A failed request: `latency_ms` from its intended send time, `answered_ms` from its actual one."""
         self.requests += 1
         self.errors[code] += 1
         self.error_examples.setdefault(code, detail[:MAX_EXAMPLE_CHARS])
-        if latency_ms is not None:
-            if code not in self.error_latency:
-                self.error_latency[code] = Histogram()
-            self.error_latency[code].record(latency_ms)
+        for by_code, ms in ((self.error_latency, latency_ms), (self.error_answer, answered_ms)):
+            if ms is not None:
+                if code not in by_code:
+                    by_code[code] = Histogram()
+                by_code[code].record(ms)
 
     def summary(self, duration_s: float) -> dict:
         """Counts, throughput and latency percentiles (OK requests only), stages, overhead, answer timing."""
@@ -131,11 +138,12 @@ class Recorder:
         }
         if self.errors:
             summary["error_examples"] = dict(sorted(self.error_examples.items()))
-        if self.error_latency:
-            summary["error_latency_ms"] = {
-                code: {"p50_ms": rounded(h.percentile(50)), "p99_ms": rounded(h.percentile(99))}
-                for code, h in sorted(self.error_latency.items())
-            }
+        for key, by_code in (("error_latency_ms", self.error_latency), ("error_answer_ms", self.error_answer)):
+            if by_code:
+                summary[key] = {
+                    code: {"p50_ms": rounded(h.percentile(50)), "p99_ms": rounded(h.percentile(99))}
+                    for code, h in sorted(by_code.items())
+                }
         if self.overhead.count:
             summary["overhead_p50_ms"] = rounded(self.overhead.percentile(50))
             summary["overhead_p99_ms"] = rounded(self.overhead.percentile(99))

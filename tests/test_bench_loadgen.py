@@ -146,6 +146,7 @@ def test_a_closed_loop_worker_waits_out_the_servers_retry_pushback(pushback_ms: 
     result = run(fake, concurrency=2, duration_s=0.4)
     assert result["errors"] == {"RESOURCE_EXHAUSTED": fake.calls}
     assert result["error_latency_ms"]["RESOURCE_EXHAUSTED"]["p99_ms"] < 100  # rejections are timed too
+    assert result["error_answer_ms"]["RESOURCE_EXHAUSTED"]["p99_ms"] < 100  # also from the actual send
     if max_calls is not None:  # 2 workers, one call per 100 ms each over 0.4 s
         assert fake.calls <= max_calls
     else:  # "do not retry" or an unreadable hint: no wait, the workers keep calling

@@ -43,7 +43,8 @@ def overloaded_run(ok: int = 270, shed: int = 280, late: int = 0, duration_s: fl
     for index in range(ok):
         result.overall.record_ok(10.0 + 180.0 * index / max(ok - 1, 1), None, [])
     for index in range(shed):
-        result.overall.record_error(SHED, "limit", 0.5 + 4.0 * index / max(shed - 1, 1))
+        latency_ms = 0.5 + 4.0 * index / max(shed - 1, 1)
+        result.overall.record_error(SHED, "limit", latency_ms, answered_ms=latency_ms / 2)  # sent late by half
     for _ in range(late):
         result.overall.record_error("DEADLINE_EXCEEDED", "", 200.0)
     return result.to_dict()
@@ -55,10 +56,13 @@ def test_failed_requests_keep_their_latency_per_status_code() -> None:
     for ms in (1.0, 2.0, 3.0):
         recorder.record_error(SHED, "", ms)
     recorder.record_error("UNAVAILABLE", "no latency known")
+    recorder.record_error("DEADLINE_EXCEEDED", "", 250.0, answered_ms=200.0)
     summary = recorder.summary(duration_s=1.0)
-    assert summary["errors"] == {SHED: 3, "UNAVAILABLE": 1}
-    assert set(summary["error_latency_ms"]) == {SHED}
+    assert summary["errors"] == {SHED: 3, "UNAVAILABLE": 1, "DEADLINE_EXCEEDED": 1}
+    assert set(summary["error_latency_ms"]) == {SHED, "DEADLINE_EXCEEDED"}
     assert summary["error_latency_ms"][SHED]["p99_ms"] == pytest.approx(3.0, rel=HDR)
+    assert set(summary["error_answer_ms"]) == {"DEADLINE_EXCEEDED"}  # only where the actual send was given
+    assert summary["error_answer_ms"]["DEADLINE_EXCEEDED"]["p50_ms"] == pytest.approx(200.0, rel=HDR)
     assert summary["p99_ms"] == pytest.approx(100.0, rel=HDR)  # OK latencies only
 
 
@@ -78,6 +82,7 @@ def test_overload_result_has_the_issue_keys_goodput_ratio_and_percentiles_by_cod
     assert result["goodput_rps"] == pytest.approx(135.0)
     assert result["goodput_ratio"] == pytest.approx(0.9)
     assert result["shed_p99_ms"] == pytest.approx(4.46, abs=0.05)  # RESOURCE_EXHAUSTED answers only
+    assert result["shed_p99_from_send_ms"] == pytest.approx(2.23, abs=0.03)  # without the sender's lag
     assert result["admitted_p99_ms"] == pytest.approx(188.2, abs=1.0)  # OK answers only, not the 200 ms ones
     assert result["codes"] == {"OK": 270, SHED: 280, "DEADLINE_EXCEEDED": 5}
     assert result["unexpected_code_ratio"] == pytest.approx(5 / 555, abs=1e-6)
