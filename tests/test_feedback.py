@@ -4,6 +4,7 @@ log loading with training's MIND loader, and acknowledged events surviving a SIG
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -155,7 +156,7 @@ def recorder(tmp_path: Path) -> FeedbackRecorder:
 def served(rec: FeedbackRecorder, *shown: str, history: tuple[str, ...] = ("H1",)) -> str:
     query = RecommendQuery("U1", (), len(shown), None, True, 0.0)  # type: ignore[arg-type]
     result = Recommendation(
-        [Item(i, 1.0, f"title {i}", "news") for i in shown], False, len(history), [Item(h, 0.0) for h in history]
+        [Item(i, 1.0, f"title {i}", "news") for i in shown], False, len(history), [(h, "", "") for h in history]
     )
     return rec.remember(query, result, "7")
 
@@ -170,6 +171,20 @@ def test_remembered_answers_share_one_row_per_item_until_its_description_changes
     assert again.history[0] is first.history[0]
     assert untitled.history[0] is not first.shown[0]  # N1 named without its title: a row of its own
     assert (untitled.history[0].title, first.shown[0].title) == ("", "title N1")
+
+
+def test_a_shared_row_is_dropped_once_no_remembered_answer_names_it(tmp_path: Path) -> None:
+    rec = recorder(tmp_path)
+    kept = served(rec, "N1")
+    gone = served(rec, "N2", history=("N3",))
+    assert len(rec.rows) == 4  # N1 and its history's H1, N2 and its history's N3
+    rec.table.take([gone])
+    gc.collect()
+    assert len(rec.rows) == 2 and rec.table.get(kept) is not None  # N2 and N3 went with their answer
+    newer = rec.rows.row("N1", "new title N1", "news")  # a new description replaces N1's row
+    rec.table.take([kept])
+    gc.collect()  # the old N1 row and H1 die with their answer, the newer N1 stays
+    assert len(rec.rows) == 1 and rec.rows.row("N1", "new title N1", "news") is newer
 
 
 @pytest.mark.anyio

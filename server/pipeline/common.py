@@ -43,6 +43,9 @@ class RequestContext:
         return left
 
 
+NewsDescription = tuple[str, str, str]  # item_id, title, category: what the feedback log says of a news item
+
+
 @dataclass(slots=True)
 class Item:
     """A ranked result: a news article (Recommend) or a passage (Search, Answer)."""

@@ -31,7 +31,16 @@ from contract.schemas import MAX_RESULT_ROWS
 from server.domain import Filters, HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache, NewsBatch
-from server.pipeline.common import CatalogClock, Encoders, Item, RequestContext, Searcher, VectorIndex, first_row
+from server.pipeline.common import (
+    CatalogClock,
+    Encoders,
+    Item,
+    NewsDescription,
+    RequestContext,
+    Searcher,
+    VectorIndex,
+    first_row,
+)
 
 COLD_START_FIELDS = ("title", "category", "published", "popularity")
 REUSED_FILTER_SETS = 256  # ColdStart keeps the ranked rows of at most this many filter sets
@@ -43,7 +52,7 @@ MMR_POOL_FACTOR = 4  # MMR picks k of this many times k candidates
 class History:
     vectors: NDArray[np.float32]  # [H, D], oldest first
     seen: set[str]  # every id the request named, used or not
-    used: list[Item] = field(default_factory=list)  # the entries behind `vectors` that have an id (no score)
+    used: list[NewsDescription] = field(default_factory=list)  # the entries behind `vectors` that have an id
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ class HistoryVectors:
         usable = [i for i, e in enumerate(recent) if rows[i] >= 0 or e.title]  # the rest: unknown, untitled
         if not usable:
             return History(np.zeros((0, 0), np.float32), seen)
-        used = [self._described(recent[i], known, rows[i]) for i in usable if recent[i].item_id]
+        used = self._described([(recent[i], rows[i]) for i in usable if recent[i].item_id], known)
         used_rows = np.array([rows[i] for i in usable], dtype=np.intp)
         untitled = [recent[i].title for i, row in zip(usable, used_rows, strict=True) if row < 0]
         if not untitled:
@@ -159,11 +168,15 @@ class HistoryVectors:
         return History(vectors, seen, used)
 
     @staticmethod
-    def _described(entry: HistoryEntry, known: NewsBatch, row: int) -> Item:
-        """A used history entry as an item (for the feedback log), described by the catalog, else by its title."""
-        if row < 0:
-            return Item(entry.item_id, 0.0, entry.title)
-        return Item(entry.item_id, 0.0, str(known.titles[row]), str(known.categories[row]), int(known.published[row]))
+    def _described(entries: list[tuple[HistoryEntry, int]], known: NewsBatch) -> list[NewsDescription]:
+        """Used history entries (each with its row in `known`, -1 for none) as the feedback log describes them: by
+        the catalog, else by their title. Tuples from whole columns: an `Item` per entry was ~70 us per 50-entry
+        history (timeit), on every Recommend."""
+        titles, categories = known.titles.tolist(), known.categories.tolist()
+        return [
+            (entry.item_id, titles[row], categories[row]) if row >= 0 else (entry.item_id, entry.title, "")
+            for entry, row in entries
+        ]
 
 
 class UserVector:
@@ -370,7 +383,7 @@ class Recommendation:
     items: list[Item]
     cold_start: bool
     history_used: int
-    history: list[Item] = field(default_factory=list)  # the used history entries that have an id, oldest first
+    history: list[NewsDescription] = field(default_factory=list)  # used history entries with an id, oldest first
     model_version: str = ""  # the version that served it (see server.versions)
 
 
