@@ -5,9 +5,9 @@ Every latency-like value is in milliseconds, recorded at 1 µs resolution with 3
 histogram's range [0, highest]; a negative "overhead" (stage clocks overlapping the client's) counts as 0.
 
 Failed requests' latencies are kept too, per status code (`error_latency_ms`): how fast a shed request
-(RESOURCE_EXHAUSTED) was answered matters as much as how fast an admitted one was. Open loop, they are also
-kept from the actual send (`error_answer_ms`), so a load generator that sends late (a busy machine) is told
-apart from a server that answers late.
+(RESOURCE_EXHAUSTED) was answered matters as much as how fast an admitted one was. They are also kept from the
+actual send (`error_answer_ms`; the same in a closed loop), so in an open loop a load generator that sends late
+(a busy machine) is told apart from a server that answers late.
 
 `ScenarioResult.to_dict()` is the JSON schema documented in benchmarks/README.md.
 """
