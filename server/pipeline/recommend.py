@@ -354,7 +354,8 @@ class ColdStart:
         return Candidates(NewsBatch.from_rows(top), np.array([row.get("popularity", 0.0) for row in top], np.float64))
 
     async def _ranked_rows(self, filters: Filters, ctx: RequestContext) -> list[dict[str, Any]]:
-        """Up to `pool` rows matching `filters`, by popularity, then recency (most first); reused while fresh."""
+        """Up to `pool` rows matching `filters`, by popularity, then recency (most first); reused while fresh, so
+        the list and its rows are shared between requests: read them, never change them."""
         revision = self.clock.revision
         kept = self._ranked.get(filters) if self._ranked is not None else None
         if kept is not None and kept.revision == revision:
