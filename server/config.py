@@ -215,6 +215,12 @@ class RecommendSettings(Section):
         description="Cold start: reuse a filter set's ranked recent items this long (0: read them per request); "
         "this gateway's own writes show at once, other replicas' within this.",
     )
+    absent_id_ttl_s: float = Field(
+        30.0,
+        ge=0,
+        description="History ids Milvus does not have are not asked for again this long (0: on every request); "
+        "this gateway's own writes show at once, news added through other replicas within this.",
+    )
     cache_warmup_timeout_s: float = Field(
         1800.0, gt=0, description="Deadline of the whole item cache warm-up (each page has milvus.timeout_s)."
     )

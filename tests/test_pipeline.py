@@ -308,6 +308,32 @@ async def test_cold_start_reuse_ends_with_this_gateways_own_news_writes(store: F
     assert (await cold(Candidates.none(), state(1), ctx())).ids == ["hot"]
 
 
+async def test_ids_milvus_does_not_have_are_not_asked_for_again_until_they_expire(store: FakeStore) -> None:
+    timer = FakeTimer()
+    catalog = CatalogView(ItemCache(10, 60), store, "news", CatalogClock(), absent_ttl_s=30.0, timer=timer)
+
+    def gets() -> list[tuple[str, ...]]:
+        return [ids for name, ids in store.calls if name == "get"]
+
+    assert (await catalog.entries(["a", "gone"], "milvus.get_history", ctx())).ids == ["a"]
+    assert (await catalog.entries(["a", "gone"], "milvus.get_history", ctx())).ids == ["a"]
+    assert gets() == [("a", "gone")]  # "a" from memory, "gone" known absent: no second read
+    store.rows["news"]["gone"] = news_row("gone", [0, 0, 0, 1])  # written through another replica
+    timer.now = 30.1
+    assert (await catalog.entries(["a", "gone"], "milvus.get_history", ctx())).ids == ["a", "gone"]
+    assert gets() == [("a", "gone"), ("gone",)]
+
+
+async def test_an_absent_id_is_read_again_once_this_gateway_writes_news(store: FakeStore) -> None:
+    clock, cache, encoders = CatalogClock(), ItemCache(10, 60), FakeEncoders()
+    catalog = CatalogView(cache, store, "news", clock, absent_ttl_s=3600.0)
+    ingest = Ingest(encoders, store, cache, clock, "news", "passages", encode_batch=8)
+    assert len(await catalog.entries(["new"], "milvus.get_history", ctx())) == 0
+    await ingest.upsert_news([NewsRecord("new", "new news", "c", "", "", 300, 0.0)], ctx())
+    cache.forget(["new"])  # evicted, say: it must come from Milvus now, not be taken for absent
+    assert (await catalog.entries(["new"], "milvus.get_history", ctx())).ids == ["new"]
+
+
 async def test_search_encodes_the_query_and_returns_passages_with_their_fields() -> None:
     store = FakeStore(rows={"passages": {"p": {"id": "p", "vector": np.array([1, 0, 0, 0], np.float32),
                                               "text": "T", "title": "H", "category": "c", "doc_id": "D",

@@ -44,6 +44,7 @@ from server.pipeline.common import (
 
 COLD_START_FIELDS = ("title", "category", "published", "popularity")
 REUSED_FILTER_SETS = 256  # ColdStart keeps the ranked rows of at most this many filter sets
+REMEMBERED_ABSENT_IDS = 100_000  # CatalogView remembers at most this many ids Milvus did not have
 SECONDS_PER_DAY = 86_400
 MMR_POOL_FACTOR = 4  # MMR picks k of this many times k candidates
 
@@ -121,19 +122,43 @@ class CandidateStage(Protocol):
 
 
 class CatalogView:
-    """News entries by id: from the gateway's memory first, the rest fetched from Milvus (and remembered)."""
+    """News entries by id: from the gateway's memory first, the rest fetched from Milvus (and remembered).
 
-    def __init__(self, cache: ItemCache, store: VectorIndex, collection: str) -> None:
+    Ids Milvus does not have (a history naming news deleted or never indexed) are remembered as absent for
+    `absent_ttl_s` (0: asked for again on every request). Why: otherwise each Recommend of such a history
+    costs a Milvus read that finds nothing, every time. This gateway's own news writes end that at once (they
+    move the catalog clock's revision); news added through another replica is seen within `absent_ttl_s`.
+    """
+
+    def __init__(
+        self,
+        cache: ItemCache,
+        store: VectorIndex,
+        collection: str,
+        clock: CatalogClock | None = None,
+        absent_ttl_s: float = 0.0,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cache, self.store, self.collection = cache, store, collection
+        self.clock = clock or CatalogClock()
+        # id -> the catalog clock's revision when Milvus did not have it
+        self._absent: TTLCache[str, int] | None = (
+            TTLCache(REMEMBERED_ABSENT_IDS, absent_ttl_s, timer) if absent_ttl_s > 0 else None
+        )
 
     async def entries(self, ids: Sequence[str], stage: str, ctx: RequestContext) -> NewsBatch:
         found, missing = self.cache.lookup(ids)
+        revision = self.clock.revision
+        if missing and self._absent is not None:
+            missing = [item_id for item_id in missing if self._absent.get(item_id) != revision]
         if not missing:
             return found
         with ctx.timer.stage(stage):
             rows = await self.store.get(self.collection, missing, CACHED_FIELDS, ctx.remaining("milvus"))
         fetched = {item_id: CachedNews.from_row(row) for item_id, row in rows.items()}
         self.cache.store(fetched)
+        if self._absent is not None:
+            self._absent.update((item_id, revision) for item_id in missing if item_id not in rows)
         return found.concat(NewsBatch.from_entries(fetched))
 
 
