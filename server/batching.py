@@ -2,10 +2,10 @@
 
 Milvus 2.3.5 spends most of a search's cost per request, not per query: measured on the demo
 catalog, a search cost ~5 ms of Milvus CPU at nq=1 and ~1.1 ms per query at nq=8. Triton's
-per-request overhead (gRPC, python backend) behaves alike. A `Coalescer` sends a call at once when
-the dependency is idle (no added latency for a lone request) and, while `max_in_flight` batches are
-already out, queues calls and sends everything queued as one batch when a batch returns. Only calls
-with the same key (e.g. collection + filters + fields) are batched together.
+per-request overhead (gRPC, python backend) behaves alike. A `Coalescer` sends a call at once, from the
+caller's own task, when the dependency is idle (no added latency for a lone request) and, while
+`max_in_flight` batches are already out, queues calls and sends everything queued as one batch when a
+batch returns. Only calls with the same key (e.g. collection + filters + fields) are batched together.
 
 Calls for requests whose callers have given up are not sent: a caller that is cancelled (the client
 went away, or its deadline passed) drops out of the queue, a call whose deadline passes while queued
@@ -69,6 +69,8 @@ class Coalescer(Generic[Key, Call, Result]):
         The request's latest recorded dependency call (`RequestContext.remaining`, just before) is this
         one: it counts as made only once its batch is sent.
         """
+        if not self._in_flight.get(key) and not self._queues.get(key):
+            return await self._alone(key, call, deadline)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         counted = latest_dependency_call()
         if counted is not None:
@@ -80,6 +82,23 @@ class Coalescer(Generic[Key, Call, Result]):
                 return await future
         except TimeoutError:
             raise DependencyTimeout(self.name, "request deadline reached before the call returned") from None
+
+    async def _alone(self, key: Key, call: Call, deadline: float | None) -> Result:
+        """An idle dependency's call, sent from the caller's own task: no batch task, future or callbacks. At c1
+        they cost ~55 us of CPU per call and ~0.25 ms of latency per Triton call (measured, this machine).
+        Calls submitted meanwhile queue as usual and go out together when this one returns."""
+        if deadline is not None and deadline <= time.monotonic():
+            raise DependencyTimeout(self.name, "request deadline reached before the call was sent")
+        self._in_flight[key] += 1
+        labelled(BATCH_SIZE, self.name).observe(1)
+        try:
+            async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                (result,) = await self.run_batch(key, [call])
+                return result
+        except TimeoutError:
+            raise DependencyTimeout(self.name, "request deadline reached before the call returned") from None
+        finally:
+            self._release(key)
 
     def _dispatch(self, key: Key) -> None:
         queue = self._queues[key]
@@ -114,6 +133,10 @@ class Coalescer(Generic[Key, Call, Result]):
 
     def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._release(key)
+
+    def _release(self, key: Key) -> None:
+        """A call of `key` returned: its slot is free for what queued meanwhile."""
         self._in_flight[key] -= 1
         self._dispatch(key)
 
