@@ -148,24 +148,32 @@ class ItemCache:
 
     def lookup(self, ids: Sequence[str]) -> tuple[NewsBatch, list[str]]:
         """(the fresh entries found, in `ids` order; ids not in memory or expired)."""
+        if not self._rows:
+            labelled(ITEM_CACHE, "miss").inc(len(ids))
+            return self._batch([], np.zeros(0, np.intp)), list(ids)
         rows = np.fromiter(map(self._rows.get, ids, itertools.repeat(-1)), np.intp, len(ids))
         now = self._clock()
-        found = rows >= 0
-        found[found] = self._stored[rows[found]] > now - self.ttl_s
-        hit_rows = rows[found]
+        found = self._stored[rows] > now - self.ttl_s  # an unknown id's -1 reads the last row: masked next
+        found &= rows >= 0
+        if found.all():  # the common case, without the masks' copies (this runs twice per Recommend)
+            found_ids, hit_rows, missing = list(ids), rows, []
+        else:
+            found_ids = [ids[i] for i in np.flatnonzero(found)]
+            hit_rows, missing = rows[found], [ids[i] for i in np.flatnonzero(~found)]
+            labelled(ITEM_CACHE, "miss").inc(len(missing))
         self._used[hit_rows] = now
-        missing = [ids[i] for i in np.flatnonzero(~found)]
         labelled(ITEM_CACHE, "hit").inc(len(hit_rows))
-        labelled(ITEM_CACHE, "miss").inc(len(missing))
-        batch = NewsBatch(
-            [ids[i] for i in np.flatnonzero(found)] if missing else list(ids),
-            self._vectors[hit_rows],
-            self._titles[hit_rows],
-            self._categories[hit_rows],
-            self._published[hit_rows],
-            self._popularity[hit_rows],
+        return self._batch(found_ids, hit_rows), missing
+
+    def _batch(self, ids: list[str], rows: NDArray[np.intp]) -> NewsBatch:
+        return NewsBatch(
+            ids,
+            self._vectors[rows],
+            self._titles[rows],
+            self._categories[rows],
+            self._published[rows],
+            self._popularity[rows],
         )
-        return batch, missing
 
     def store(self, entries: Mapping[str, CachedNews]) -> None:
         now = self._clock()

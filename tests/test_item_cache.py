@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from prometheus_client import REGISTRY
 
 from server.item_cache import CachedNews, ItemCache
 
@@ -68,3 +69,15 @@ def test_forget_frees_the_row_for_the_next_entry_and_capacity_zero_keeps_nothing
     empty = ItemCache(0, 600)
     empty.store({"a": entry(1)})
     assert len(empty) == 0 and empty.lookup(["a"])[1] == ["a"]
+
+
+def test_lookups_count_hits_and_misses_also_in_a_cache_that_holds_nothing() -> None:
+    def count(result: str) -> float:
+        return REGISTRY.get_sample_value("recstack_item_cache_total", {"result": result}) or 0.0
+
+    before = count("hit"), count("miss")
+    cache = ItemCache(10, 600)
+    cache.store({"a": entry(1)})
+    cache.lookup(["a", "b"])
+    ItemCache(0, 600).lookup(["a", "b", "c"])
+    assert (count("hit") - before[0], count("miss") - before[1]) == (1, 4)
