@@ -28,7 +28,7 @@ from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.config import GatewaySettings
 from server.pipeline.common import Item
-from server.service import news_result, passage_results
+from server.service import add_news_results, passage_results
 
 DEFAULT_PORT = 50053
 STAGE = "echo.canned"
@@ -46,9 +46,9 @@ def recommend_response(k: int) -> pb.RecommendResponse:
         Item(item_id=f"N{10_000 + rank}", score=10.0 - rank / k, title=TITLE, category="news", published=PUBLISHED)
         for rank in range(k)
     ]
-    return pb.RecommendResponse(
-        items=[news_result(item) for item in items], history_used=k, timings=[pb.StageTiming(stage=STAGE)]
-    )
+    response = pb.RecommendResponse(history_used=k, timings=[pb.StageTiming(stage=STAGE)])
+    add_news_results(response.items, items)
+    return response
 
 
 @functools.cache

@@ -53,7 +53,7 @@ from server.observability import StageTimer
 from server.pipeline.common import Item
 from server.requests import RequestValidator
 from server.rpc import unary
-from server.service import news_result, passage_results
+from server.service import add_news_results, passage_results
 from training.checkpoint import Checkpoint
 from training.text import text_tokenizer
 
@@ -253,12 +253,11 @@ class NaiveGateway(pb_grpc.GatewayServicer):
         with timer.stage("numpy.brute_force"):
             seen = {row for e in query.history if (row := self.news.row(e.item_id)) is not None}
             items = self.news.top_k(user, query.k, query.filters, seen if query.exclude_seen else ())
-        return pb.RecommendResponse(
-            items=[news_result(item) for item in items],
-            cold_start=len(history) == 0,
-            history_used=len(history),
-            timings=stage_timings_of(timer),
+        response = pb.RecommendResponse(
+            cold_start=len(history) == 0, history_used=len(history), timings=stage_timings_of(timer)
         )
+        add_news_results(response.items, items)
+        return response
 
     def _history_vectors(self, entries: Sequence[HistoryEntry], timer: StageTimer) -> np.ndarray:
         """[H, news_dim] for the most recent `max_history` usable clicks: stored vectors, or the encoded

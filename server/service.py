@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
@@ -66,14 +66,15 @@ class GatewayService(pb_grpc.GatewayServicer):
         impression_id = (
             self.feedback.remember(query, result, result.model_version or UNVERSIONED_LABEL) if self.feedback else ""
         )
-        return pb.RecommendResponse(
-            items=[news_result(item) for item in result.items],
+        response = pb.RecommendResponse(
             cold_start=result.cold_start,
             history_used=result.history_used,
             timings=stage_timings(ctx),
             impression_id=impression_id,
             model_version=result.model_version,
         )
+        add_news_results(response.items, result.items)
+        return response
 
     @unary("Search")
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -131,18 +132,13 @@ FINISH_REASONS = {
 }
 
 
-def timestamp(seconds: int) -> Timestamp | None:
-    return Timestamp(seconds=seconds) if seconds else None
-
-
-def news_result(item: Item) -> pb.NewsResult:
-    return pb.NewsResult(
-        id=item.item_id,
-        title=item.title,
-        category=item.category,
-        score=item.score,
-        published=timestamp(item.published),
-    )
+def add_news_results(results: RepeatedCompositeFieldContainer[pb.NewsResult], items: Iterable[Item]) -> None:
+    """Append `items` to a response's repeated NewsResult field. Built in place, `published` field by field: half
+    the CPU of a NewsResult and a Timestamp message per item assigned afterwards (~31 vs ~60 us per 10, timeit)."""
+    for item in items:
+        result = results.add(id=item.item_id, title=item.title, category=item.category, score=item.score)
+        if item.published:
+            result.published.seconds = item.published
 
 
 def passage_results(items: Iterable[Item]) -> list[pb.PassageResult]:
