@@ -208,7 +208,7 @@ class BatchedSearch:
         collection, filters, fields = key
         hits = await self.store.search(
             collection,
-            np.concatenate([c.vectors for c in calls]),
+            calls[0].vectors if len(calls) == 1 else np.concatenate([c.vectors for c in calls]),
             max(c.limit for c in calls),
             filters,
             fields,
@@ -286,7 +286,8 @@ def _padded_rows(arrays: list[NDArray[Scalar]]) -> NDArray[Scalar]:
 
 
 def _split(rows: Vectors, sizes: list[int]) -> list[Vectors]:
-    return np.split(rows, np.cumsum(sizes)[:-1])
+    """`rows` cut into consecutive parts of `sizes` rows (one part: `rows` itself; np.split cost ~10 us)."""
+    return [rows] if len(sizes) == 1 else np.split(rows, np.cumsum(sizes)[:-1])
 
 
 def _deadline(timeout: float | None) -> float | None:
