@@ -8,6 +8,10 @@
 | DependencyTimeout           | DEADLINE_EXCEEDED    |
 | Overloaded                  | RESOURCE_EXHAUSTED (trailing `grpc-retry-pushback-ms` when it gives one) |
 | anything else               | INTERNAL (logged with its traceback; the caller sees no internals) |
+
+The status is set on the servicer context and sent by gRPC when the handler returns (no response message),
+not raised with `context.abort`: abort's exception through gRPC's machinery cost ~10 % more CPU per rejected
+request under overload, when rejections are most of the traffic (see `end_with`).
 """
 
 from __future__ import annotations
@@ -79,19 +83,27 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
                 # (recstack_rpc_seconds{code="RESOURCE_EXHAUSTED"}, recstack_admission_rejected_total): a warning
                 # line per rejection was ~10 % of the gateway's CPU under overload (py-spy), spent exactly when
                 # it has none to spare.
-                if error.retry_pushback_ms is not None:  # abort() sends the trailing metadata set before it
+                if error.retry_pushback_ms is not None:  # sent with the status
                     context.set_trailing_metadata(((RETRY_PUSHBACK_KEY, str(error.retry_pushback_ms)),))
             else:
                 log.warning("rpc_failed", method=method, code=code.name, error=str(error))
-            await context.abort(code, str(error))
+            end_with(context, code, str(error))
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("rpc_crashed", method=method)
-            await context.abort(code, f"internal error in {method}")
+            end_with(context, code, f"internal error in {method}")
         finally:
             inflight.dec()
             labelled(RPC_SECONDS, method, code.name).observe(time.perf_counter() - started)
             ledger.close(ok=code == grpc.StatusCode.OK)
+
+
+def end_with(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """End the RPC with `code` once its handler returns, without a response message. Instead of `context.abort`,
+    which raises AbortError through gRPC's Cython: a gateway rejecting every Recommend spent 0.60 -> 0.54 ms of CPU
+    per request with this (echo floor 0.35 ms; medians of 6 alternating windows of 4,000 requests at c8)."""
+    context.set_code(code)
+    context.set_details(details)
 
 
 def unary(method: str) -> Callable[[UnaryHandler[Response]], UnaryHandler[Response]]:
@@ -102,6 +114,7 @@ def unary(method: str) -> Callable[[UnaryHandler[Response]], UnaryHandler[Respon
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
             async with observed(method, context):
                 return await handler(self, request, context)
+            return None  # it failed: its status is on the context, and no message is sent
 
         return wrapper
 
