@@ -14,6 +14,9 @@ down. Not limited: Answer (seconds long; the LLM server has its own bounded queu
 RESOURCE_EXHAUSTED already) and UpsertItems/DeleteItems (bulk writes from a pipeline, not the
 latency-bound path); `gateway.max_concurrent_rpcs` still bounds everything.
 
+Admission comes first, before the request is validated (`Admission.permit`): shedding must be cheap,
+because under overload rejections are about half of the traffic.
+
 A request is also rejected at once when its caller's remaining deadline is shorter than the
 latency recently observed for its kind (the last window's median, forgotten after
 `STALE_AFTER_WINDOWS` windows without a judgment): it would most likely time out in the gateway
@@ -145,7 +148,12 @@ class Admission:
 
     @contextlib.asynccontextmanager
     async def permit(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        """Run the block as an admitted `method` request, or raise Overloaded (RESOURCE_EXHAUSTED) at once."""
+        """Run the block as an admitted `method` request, or raise Overloaded (RESOURCE_EXHAUSTED) at once.
+
+        The servicer validates the request inside the block, so a shed request costs no validation: with a 50-entry
+        history that was 0.52 -> 0.43 ms of gateway CPU per rejection (echo floor 0.39; medians of 6 alternating
+        windows). A bad request that arrives while the limit is full is therefore shed; its retry is answered
+        INVALID_ARGUMENT. A request failing validation inside the block is no latency sample (`signals_load`)."""
         limiter = self.limiters.get(method)
         if limiter is None:
             yield

@@ -59,8 +59,8 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     @unary("Recommend")
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
-        query = self.validator.recommend(request)  # a bad request is INVALID_ARGUMENT even under overload
-        async with self.admission.permit("Recommend", context):
+        async with self.admission.permit("Recommend", context):  # before validation: see Admission.permit
+            query = self.validator.recommend(request)
             ctx = self.context(context, self.request_timeout_s)
             result = await self.recommender(query, ctx)
         impression_id = (
@@ -78,8 +78,8 @@ class GatewayService(pb_grpc.GatewayServicer):
 
     @unary("Search")
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        query = self.validator.search(request)  # a bad request is INVALID_ARGUMENT even under overload
-        async with self.admission.permit("Search", context):
+        async with self.admission.permit("Search", context):  # before validation: see Admission.permit
+            query = self.validator.search(request)
             ctx = self.context(context, self.request_timeout_s)
             passages = await self.search(query, ctx)
         return pb.SearchResponse(passages=passage_results(passages), timings=stage_timings(ctx))

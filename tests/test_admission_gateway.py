@@ -83,14 +83,19 @@ async def test_a_deadline_shorter_than_the_recent_latency_is_rejected_with_do_no
         assert gw.encoder.batches == [1]
 
 
-async def test_a_bad_request_is_invalid_argument_even_when_the_limit_is_full() -> None:
+async def test_a_bad_request_is_shed_unvalidated_while_the_limit_is_full_and_invalid_argument_once_admitted() -> None:
+    """Shedding comes before validation, to stay cheap; admitted, a bad request still ends INVALID_ARGUMENT naming
+    its field, and gives its slot back."""
     admission = fixed_limit(1)
+    bad = pb.RecommendRequest(history=[pb.HistoryItem(id="a")], k=0)
     async with gateway(admission=admission) as gw:
         held = recommend(gw.stub)
         await until(lambda: admission.limiters["Recommend"].in_flight == 1 and len(gw.encoder.batches) == 1)
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await gw.stub.Recommend(pb.RecommendRequest(history=[pb.HistoryItem(id="a")], k=0), timeout=10.0)
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert (caught.value.details() or "").startswith("k:")
+        await rejected(gw.stub.Recommend(bad, timeout=10.0))
         gw.encoder.release(0)
         assert ids(await held) == ["c", "b"]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await gw.stub.Recommend(bad, timeout=10.0)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (caught.value.details() or "").startswith("k:")
+        assert admission.limiters["Recommend"].in_flight == 0
