@@ -208,7 +208,7 @@ class BatchedSearch:
         collection, filters, fields = key
         hits = await self.store.search(
             collection,
-            calls[0].vectors if len(calls) == 1 else np.concatenate([c.vectors for c in calls]),
+            _joined([c.vectors for c in calls]),
             max(c.limit for c in calls),
             filters,
             fields,
@@ -283,6 +283,11 @@ def _padded_rows(arrays: list[NDArray[Scalar]]) -> NDArray[Scalar]:
         rows[start : start + len(array), : array.shape[1]] = array
         start += len(array)
     return rows
+
+
+def _joined(parts: list[Vectors]) -> Vectors:
+    """The parts' rows as one array: `_split`'s inverse (one part: the part itself, no np.concatenate copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _split(rows: Vectors, sizes: list[int]) -> list[Vectors]:
