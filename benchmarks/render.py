@@ -191,7 +191,13 @@ def overload_section(suite: dict) -> str:
         "deadline. Shed = RESOURCE_EXHAUSTED answers, admitted = OK ones; latency from the intended send time "
         "(and, for shed ones, also from the actual send: the difference is the load generator's own lag).\n\n"
     )
-    outro = f"\n\nGateway counters over the overloaded window: {counters or '–'}. CPU cores used: {cores or '–'}."
+    queued = o.get("queued_before_admission_ms") or {}
+    outro = (
+        f"\n\nWaited inside the gateway before admission (the deadline minus the deadline left, from "
+        f"`recstack_admission_deadline_left_seconds`): p50 {number(queued.get('p50'))} ms, p90 "
+        f"{number(queued.get('p90'))} ms. Gateway counters over the overloaded window: {counters or '–'}. "
+        f"CPU cores used: {cores or '–'}."
+    )
     return "## Overload (twice the capacity)\n\n" + intro + table(headers, [row]) + outro
 
 

@@ -22,7 +22,10 @@ only, never absolute milliseconds: both sides of a ratio ran on the same machine
 Overload (`overload_result`, the suite's "overload" key): the gateway's Recommend capacity measured
 closed loop (`OVERLOAD_CAPACITY_LOAD`), then an open loop at twice that rate with a short deadline;
 goodput = OK requests/s, shed = the RESOURCE_EXHAUSTED answers (their latency: how fast a rejection
-came back), admitted = the OK ones.
+came back), admitted = the OK ones. `queued_before_admission_ms`: how long requests waited inside the gateway
+before admission saw them, i.e. the deadline minus what the gateway's `recstack_admission_deadline_left_seconds`
+histogram recorded of it (gRPC starts the server-side deadline when a call arrives); under overload that wait is
+in gRPC's queue of calls not yet accepted by the Python server, and no latency or loop-lag figure shows it.
 
 CPU per request (`cpu_ms_per_request`): at concurrency 8, each process group's CPU milliseconds per
 request over the windows of the side it serves (gateway, triton, milvus: the gateway's; naive; echo).
@@ -133,12 +136,13 @@ def cpu_ms_per_request(scenarios: Mapping[str, dict]) -> dict[str, dict[str, flo
     }
 
 
-def overload_result(capacity: dict, overloaded: dict) -> dict:
+def overload_result(capacity: dict, overloaded: dict, deadline_left: Mapping[float, float] | None = None) -> dict:
     """The suite's "overload" key from the capacity scenario (closed loop) and the overloaded one (open loop,
     `error_latency_ms` per code): capacity, offered and goodput rates, their ratio, shed and admitted p99,
     every status code's count, and the share of codes other than OK and RESOURCE_EXHAUSTED. `shed_p99_ms` counts
     from the intended send (the target's); `shed_p99_from_send_ms` from the actual one (without the load
-    generator's own lag)."""
+    generator's own lag). `deadline_left`: the overloaded window's cumulative counts of the gateway's deadline-left
+    histogram (upper bound in seconds -> count), for `queued_before_admission_ms`."""
     requests, ok, errors = overloaded["requests"], overloaded["ok"], overloaded["errors"]
     shed_latency = overloaded.get("error_latency_ms", {}).get(SHED, {})
     shed_answer = overloaded.get("error_answer_ms", {}).get(SHED, {})
@@ -154,7 +158,38 @@ def overload_result(capacity: dict, overloaded: dict) -> dict:
         "admitted_p99_ms": overloaded["p99_ms"] if ok else None,
         "codes": {OK: ok, **errors},
         "unexpected_code_ratio": round(unexpected / requests, 6) if requests else None,
+        "queued_before_admission_ms": queued_before_admission_ms(deadline_left or {}, overloaded["deadline_ms"]),
     }
+
+
+def queued_before_admission_ms(
+    deadline_left: Mapping[float, float], deadline_ms: float | None
+) -> dict[str, float] | None:
+    """p50 and p90 of the wait before admission: the deadline minus the p50 and p10 of the deadline left (None
+    when nothing was recorded, or the requests had no deadline)."""
+    left_p50, left_p10 = histogram_quantile(deadline_left, 0.5), histogram_quantile(deadline_left, 0.1)
+    if left_p50 is None or left_p10 is None or deadline_ms is None:
+        return None
+    return {"p50": round(deadline_ms - 1000 * left_p50, 1), "p90": round(deadline_ms - 1000 * left_p10, 1)}
+
+
+def histogram_quantile(cumulative: Mapping[float, float], fraction: float) -> float | None:
+    """The `fraction` quantile of a Prometheus histogram from its cumulative bucket counts (upper bound -> count,
+    +Inf included), interpolated linearly within the bucket as Prometheus's `histogram_quantile` does (the first
+    bucket from 0; a quantile in the +Inf bucket is the highest finite bound). None for an empty histogram."""
+    bounds = sorted(cumulative)
+    if not bounds or not cumulative[bounds[-1]]:
+        return None
+    rank = fraction * cumulative[bounds[-1]]
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = cumulative[bound]
+        if count >= rank and count > below:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
 
 
 def derive_ratios(scenarios: Mapping[str, dict], overload: dict | None = None) -> dict[str, float]:

@@ -370,10 +370,11 @@ async def measure_overload(bench: Bench, ours: Endpoint, requests: RequestFactor
     counted = {name: round(after.get(name, 0.0) - value) for name, value in before.items()} | {
         name: round(value) for name, value in after.items() if name not in before
     }
+    deadline_left = pop_buckets(counted, DEADLINE_LEFT_BUCKET, method="Recommend")
     cores = {
         group: round(seconds / bench.profile.overload_s, 3) for group, seconds in overload_side.cpu.seconds.items()
     }
-    bench.collector.overload = overload_result(capacity, overloaded) | {
+    bench.collector.overload = overload_result(capacity, overloaded, deadline_left) | {
         "gateway_counters": dict(sorted(counted.items())),
         "cpu_cores": cores,  # CPU seconds per second of each process group during the overloaded window
         "scenarios": {"capacity": capacity, "overloaded": overloaded},
@@ -382,7 +383,8 @@ async def measure_overload(bench: Bench, ours: Endpoint, requests: RequestFactor
     bench.console.log(
         f"overload: capacity {result['capacity_rps']:.0f}/s, offered {rate:g}/s, goodput {result['goodput_rps']:.0f}/s "
         f"({result['goodput_ratio']}), shed p99 {result['shed_p99_ms']} ms, admitted p99 "
-        f"{result['admitted_p99_ms']} ms, codes {result['codes']}"
+        f"{result['admitted_p99_ms']} ms, codes {result['codes']}, queued before admission "
+        f"{result['queued_before_admission_ms']} ms"
     )
 
 
@@ -397,11 +399,13 @@ async def measure_alone(bench: Bench, title: str, side: Side) -> dict:
     return measured
 
 
-GATEWAY_COUNTERS = ("recstack_dependency_calls_total", "recstack_admission_rejected_total")
+DEADLINE_LEFT_BUCKET = "recstack_admission_deadline_left_seconds_bucket"  # cumulative counts, label `le`
+GATEWAY_COUNTERS = ("recstack_dependency_calls_total", "recstack_admission_rejected_total", DEADLINE_LEFT_BUCKET)
 
 
 def gateway_counters(metrics_url: str) -> dict[str, float]:
-    """The gateway's GATEWAY_COUNTERS samples, keyed `name{label=value,...}`, from its /metrics."""
+    """The gateway's GATEWAY_COUNTERS samples (a histogram's buckets too), keyed `name{label=value,...}`, from its
+    /metrics."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
     counters = {}
@@ -411,6 +415,16 @@ def gateway_counters(metrics_url: str) -> dict[str, float]:
                 labels = ",".join(f"{key}={value}" for key, value in sorted(sample.labels.items()))
                 counters[f"{sample.name}{{{labels}}}"] = sample.value
     return counters
+
+
+def pop_buckets(samples: dict[str, float], bucket: str, **labels: str) -> dict[float, float]:
+    """Remove `bucket`'s samples with `labels` from `gateway_counters`'s `samples`: upper bound (`le`) -> count."""
+    found = {}
+    for name in [name for name in samples if name.startswith(f"{bucket}{{")]:
+        pairs = dict(pair.split("=", 1) for pair in name.removeprefix(f"{bucket}{{").removesuffix("}").split(","))
+        if all(pairs.get(key) == value for key, value in labels.items()):
+            found[float(pairs["le"])] = samples.pop(name)
+    return found
 
 
 def saturated(scenario: dict) -> bool:

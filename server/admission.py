@@ -39,7 +39,7 @@ import grpc
 
 from server.config import AdmissionSettings
 from server.errors import DependencyTimeout, DependencyUnavailable, Overloaded
-from server.observability import ADMISSION_LIMIT, ADMISSION_REJECTED
+from server.observability import ADMISSION_DEADLINE_LEFT, ADMISSION_LIMIT, ADMISSION_REJECTED, labelled
 
 LIMITED_METHODS = ("Recommend", "Search")
 DO_NOT_RETRY_MS = -1
@@ -158,7 +158,10 @@ class Admission:
         if limiter is None:
             yield
             return
-        reason = limiter.try_acquire(context.time_remaining())
+        remaining_s = context.time_remaining()
+        if remaining_s is not None:  # what the wait before the handler left (recstack_admission_deadline_left_seconds)
+            labelled(ADMISSION_DEADLINE_LEFT, method).observe(remaining_s)
+        reason = limiter.try_acquire(remaining_s)
         if reason is not None:
             ADMISSION_REJECTED.labels(method, reason.value).inc()
             down = self.outage() if reason is Rejection.LIMIT else None

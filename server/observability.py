@@ -17,7 +17,12 @@ Metric names:
 - `recstack_admission_rejected_total{method, reason}`: requests rejected with RESOURCE_EXHAUSTED before any
   work, because the method's concurrency limit was reached (`limit`) or the caller's deadline was shorter
   than the recent latency (`deadline`); `recstack_admission_limit{method}`: the current adaptive limit
-  (see `server.admission`);
+  (see `server.admission`); `recstack_admission_deadline_left_seconds{method}`: how much of its caller's deadline a
+  limited request still had when it reached admission (callers that set one). gRPC starts a call's server-side
+  deadline when the call arrives, and under overload calls wait in gRPC's own queue before any handler runs (grpc.aio
+  accepts them one at a time through the event loop): that wait shows nowhere else, neither in
+  `recstack_rpc_seconds` (it starts at the handler) nor as event-loop lag. For clients with one deadline D, the
+  wait is D minus this (sharpest for D <= 0.3 s, where the buckets are);
 - `recstack_feedback_impressions_total{version}`, `recstack_feedback_clicks_total{version}`,
   `recstack_feedback_shown_total{version}`: impressions, clicks and shown items written durably to the feedback
   log, by the model version that served them (click-through rate per version: clicks / shown);
@@ -101,6 +106,14 @@ DEPENDENCY_CALLS = Counter(
 
 ADMISSION_REJECTED = Counter(
     "recstack_admission_rejected_total", "Requests rejected by admission control.", ["method", "reason"]
+)
+# Deadlines left: fine below 0.3 s, where an overload's queueing shows against typical service-to-service deadlines.
+DEADLINE_LEFT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.3, 0.5, 1, 2.5, 5, 10, 30)
+ADMISSION_DEADLINE_LEFT = Histogram(
+    "recstack_admission_deadline_left_seconds",
+    "Caller's deadline left when a limited request reached admission (requests with a deadline only).",
+    ["method"],
+    buckets=DEADLINE_LEFT_BUCKETS,
 )
 ADMISSION_LIMIT = Gauge(
     "recstack_admission_limit", "Current adaptive concurrency limit.", ["method"], multiprocess_mode="livesum"

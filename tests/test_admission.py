@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from server.admission import DO_NOT_RETRY_MS, AdaptiveLimiter, Admission, Rejection
@@ -200,3 +201,42 @@ def test_a_full_limit_while_a_dependency_is_down_is_unavailable_not_resource_exh
     down.append("milvus")
     with pytest.raises(DependencyUnavailable, match="milvus unavailable: Search not admitted"):
         asyncio.run(two_at_once())
+
+
+@dataclass
+class Deadline:
+    """The part of a grpc.aio context that admission reads: a caller with `left_s` of its deadline left."""
+
+    left_s: float
+
+    def time_remaining(self) -> float:
+        return self.left_s
+
+
+def deadline_left(method: str, suffix: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(
+        f"recstack_admission_deadline_left_seconds_{suffix}", {"method": method, **labels}
+    )
+    return value or 0.0
+
+
+def test_the_deadline_left_at_admission_is_recorded_for_callers_that_set_one_admitted_or_not() -> None:
+    """Under overload, calls wait in gRPC's queue before their handler: this histogram is where that shows."""
+    lim, _ = limiter(min_limit=1, initial_limit=1)
+    admission = Admission({"Recommend": lim})
+    count, total = deadline_left("Recommend", "count"), deadline_left("Recommend", "sum")
+    below = {le: deadline_left("Recommend", "bucket", le=le) for le in ("0.05", "0.1", "0.125")}
+
+    async def admitted_then_shed() -> None:
+        async with admission.permit("Recommend", Deadline(0.12)):  # type: ignore[arg-type]
+            with pytest.raises(Overloaded):
+                async with admission.permit("Recommend", Deadline(0.04)):  # type: ignore[arg-type]
+                    pass
+        async with admission.permit("Recommend", NoDeadline()):  # type: ignore[arg-type]
+            pass
+
+    asyncio.run(admitted_then_shed())
+    assert deadline_left("Recommend", "count") == count + 2  # not the caller without a deadline
+    assert deadline_left("Recommend", "sum") == pytest.approx(total + 0.16)
+    added = {le: deadline_left("Recommend", "bucket", le=le) - before for le, before in below.items()}
+    assert added == {"0.05": 1, "0.1": 1, "0.125": 2}  # 0.04 and 0.12 (cumulative buckets)

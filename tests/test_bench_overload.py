@@ -3,6 +3,7 @@ targets, and the budget gates on it and on CPU per request."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from benchmarks.report import (
     check_budgets,
     derive_ratios,
     evaluate_targets,
+    histogram_quantile,
     load_budgets,
     overload_result,
     scenario_name,
@@ -93,6 +95,18 @@ def test_overload_without_shedding_or_success_has_no_percentiles_and_no_goodput(
     assert result["shed_p99_ms"] is None and result["admitted_p99_ms"] is None  # not a 0 ms that passes a target
     assert result["goodput_ratio"] == 0.0 and result["unexpected_code_ratio"] == 1.0
     assert overload_result(capacity_run(ok=0), overloaded_run())["goodput_ratio"] is None  # no capacity measured
+    assert result["queued_before_admission_ms"] is None  # no deadline-left histogram given
+
+
+def test_the_wait_before_admission_is_the_deadline_minus_the_deadline_left() -> None:
+    """100 requests with a 200 ms deadline: 10 reached admission with <= 25 ms left, 50 with <= 100 ms, all <= 200."""
+    left = {0.025: 10.0, 0.1: 50.0, 0.2: 100.0, math.inf: 100.0}
+    result = overload_result(capacity_run(), overloaded_run(), left)
+    # p50 of the time left: 100 ms (rank 50 at the top of its bucket); p10: 25 ms. Waits: 200 - those.
+    assert result["queued_before_admission_ms"] == {"p50": 100.0, "p90": 175.0}
+    assert histogram_quantile(left, 0.3) == pytest.approx(0.025 + 0.075 * 20 / 40)  # interpolated in its bucket
+    assert histogram_quantile({0.1: 0.0, math.inf: 4.0}, 0.5) == 0.1  # beyond the last bound: that bound
+    assert histogram_quantile({0.1: 0.0, math.inf: 0.0}, 0.5) is None
 
 
 def test_overload_targets_judge_goodput_rejection_speed_admitted_latency_and_codes() -> None:
@@ -165,12 +179,16 @@ def suite_meta() -> dict:
 
 
 def test_the_overload_profile_writes_the_overload_key_and_checks_no_budget() -> None:
-    overload = overload_result(capacity_run(), overloaded_run())
+    overload = overload_result(capacity_run(), overloaded_run(), {0.1: 10.0, 0.2: 100.0, math.inf: 100.0})
     suite = build_suite(PROFILES["overload"], Collector(overload=overload), suite_meta(), BUDGETS)
     assert suite["overload"] == overload and suite["budgets"] == []
     assert suite["ratios"]["overload.goodput_ratio"] == pytest.approx(0.9)
     markdown = render.render_markdown(suite)
     assert "## Overload (twice the capacity)" in markdown
     assert "| 150.0 | 300.0 | 135.0 | 0.900 | 4.4" in markdown and "OK 270, RESOURCE_EXHAUSTED 280" in markdown
+    assert (
+        "before admission (the deadline minus the deadline left" in markdown
+        and "p50 55.60 ms, p90 100.00 ms" in markdown
+    )
     gated = build_suite(PROFILES["ci"], Collector(overload=overload), suite_meta(), BUDGETS)
     assert gated["budgets"] and not all(check["ok"] for check in gated["budgets"])  # the rest was not measured

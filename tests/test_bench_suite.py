@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import json
+import math
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pymilvus.grpc_gen import milvus_pb2, milvus_pb2_grpc
 from rich.console import Console
 
@@ -46,12 +47,14 @@ from benchmarks.report import (
 )
 from benchmarks.scale import SyntheticCatalog, Waiting, clustered_vectors, size_label
 from benchmarks.suite import (
+    DEADLINE_LEFT_BUCKET,
     PROFILES,
     Bench,
     Collector,
     build_suite,
     gateway_counters,
     parse_sizes,
+    pop_buckets,
     release_quietly,
     start_together,
     wait_for_cache_warm,
@@ -421,11 +424,21 @@ def test_gateway_counters_are_read_by_name_and_labels() -> None:
     Counter("recstack_other", "not read", registry=registry).inc()
     calls.labels("triton", "wasted").inc(3)
     calls.labels("milvus", "ok").inc(5)
+    left = Histogram(
+        "recstack_admission_deadline_left_seconds", "left", ["method"], buckets=(0.1, 0.2), registry=registry
+    )
+    for seconds in (0.05, 0.15, 0.15):
+        left.labels("Recommend").observe(seconds)
+    left.labels("Search").observe(0.05)
     with metrics_endpoint(registry) as url:
-        assert gateway_counters(url) == {
-            "recstack_dependency_calls_total{dependency=milvus,outcome=ok}": 5.0,
-            "recstack_dependency_calls_total{dependency=triton,outcome=wasted}": 3.0,
-        }
+        samples = gateway_counters(url)
+    assert pop_buckets(samples, DEADLINE_LEFT_BUCKET, method="Recommend") == {0.1: 1.0, 0.2: 3.0, math.inf: 3.0}
+    assert pop_buckets(samples, DEADLINE_LEFT_BUCKET, method="Recommend") == {}  # popped
+    assert samples == {
+        "recstack_dependency_calls_total{dependency=milvus,outcome=ok}": 5.0,
+        "recstack_dependency_calls_total{dependency=triton,outcome=wasted}": 3.0,
+        **{f"{DEADLINE_LEFT_BUCKET}{{le={le},method=Search}}": 1.0 for le in ("0.1", "0.2", "+Inf")},
+    }
 
 
 def test_cache_warm_wait_times_out_while_the_gateway_serves_no_metrics() -> None:
