@@ -83,7 +83,7 @@ class GatewayApp:
             settings.gateway.health_interval_s,
             circuits=(self.encoders.circuit, self.store.circuit),
         )
-        self.server: grpc.aio.Server | None = None
+        self.servers: list[grpc.aio.Server] = []
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,17 +100,21 @@ class GatewayApp:
             news_dim=dims[self.settings.triton.news_encoder], passage_dim=dims[self.settings.triton.doc_encoder]
         )
         await self.versions.refresh()
-        shared_port = [("grpc.so_reuseport", 1)] if self.worker is not None else []
-        self.server = grpc.aio.server(
-            interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs, options=shared_port
-        )
-        gateway_pb2_grpc.add_GatewayServicer_to_server(self._service(), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.server)
+        shared_port = [("grpc.so_reuseport", 1)] if self.worker is not None or gw.listeners > 1 else []
+        self.servers = [
+            grpc.aio.server(interceptors=auth, maximum_concurrent_rpcs=gw.max_concurrent_rpcs, options=shared_port)
+            for _ in range(gw.listeners)
+        ]
+        service = self._service()
         names = [gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection([*names, "grpc.health.v1.Health"], self.server)
-        self.port = bind(self.server, f"{gw.host}:{gw.port}", credentials, security.loopback_port)
+        for server in self.servers:
+            gateway_pb2_grpc.add_GatewayServicer_to_server(service, server)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, server)
+            reflection.enable_server_reflection([*names, "grpc.health.v1.Health"], server)
+        self.port = bind(self.servers, f"{gw.host}:{gw.port}", credentials, security.loopback_port)
         await self.health.check()
-        await self.server.start()
+        for server in self.servers:
+            await server.start()
         if gw.metrics_port and self.worker is None:
             start_http_server(gw.metrics_port, addr=gw.host)
         self._tasks = [
@@ -249,8 +253,7 @@ class GatewayApp:
 
     async def stop(self, grace_s: float = DRAIN_GRACE_S) -> None:
         await self.health.shutdown()
-        if self.server is not None:
-            await self.server.stop(grace_s)
+        await asyncio.gather(*(server.stop(grace_s) for server in self.servers))
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -23,6 +23,7 @@ from contract import layout
 from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, MAX_RESULT_ROWS, TEXT_MAX_BYTES, TITLE_MAX_BYTES
 
 MAX_WORKERS = 256  # a typo guard: far above any machine the gateway runs on
+MAX_LISTENERS = 64  # a typo guard: a few per process are enough to keep up with new calls
 
 
 class Section(BaseModel):
@@ -163,9 +164,19 @@ class GatewaySettings(Section):
         "this process may use (a cpuset counts; a CPU quota does not: set the number then). "
         "1 runs the gateway in this process, without a supervisor.",
     )
+    listeners: int = Field(
+        1,
+        ge=1,
+        le=MAX_LISTENERS,
+        description="gRPC servers in each gateway process, on the same port (SO_REUSEPORT) and event loop: "
+        "grpc.aio takes new calls one at a time per server, and under load calls wait for that before any "
+        "handler runs. The kernel spreads connections over them, so it helps clients with several connections.",
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics; 0 disables it.")
     max_concurrent_rpcs: int = Field(
-        256, gt=0, description="Above this, RPCs get RESOURCE_EXHAUSTED (a backstop; see admission)."
+        256,
+        gt=0,
+        description="Above this many at once on one listener, RPCs get RESOURCE_EXHAUSTED (a backstop; see admission).",
     )
     max_k: int = Field(100, gt=0, description="Most results per Recommend/Search request.")
     # Characters take up to 4 bytes in UTF-8: these bounds keep every accepted text storable in Milvus.

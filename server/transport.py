@@ -8,6 +8,7 @@ stays plaintext, so the local stack and `make demo` need no certificates.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 import grpc
 
@@ -56,14 +57,20 @@ def server_credentials(security: SecuritySettings) -> grpc.ServerCredentials | N
 
 
 def bind(
-    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None, loopback_port: int = 0
+    servers: Sequence[grpc.aio.Server],
+    address: str,
+    credentials: grpc.ServerCredentials | None,
+    loopback_port: int = 0,
 ) -> int:
-    """Add the listening port (TLS with `credentials`) and the plaintext loopback port if any; returns the first."""
-    port: int = (
-        server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
-    )
-    if loopback_port:
-        server.add_insecure_port(f"127.0.0.1:{loopback_port}")
+    """Add the listening port (TLS with `credentials`) and the plaintext loopback port if any to every server (one
+    port for all: port 0 picks it for the first); returns the listening port."""
+    host = address.rsplit(":", 1)[0]
+    port = 0
+    for server in servers:
+        at = f"{host}:{port}" if port else address
+        port = server.add_insecure_port(at) if credentials is None else server.add_secure_port(at, credentials)
+        if loopback_port:
+            server.add_insecure_port(f"127.0.0.1:{loopback_port}")
     return port
 
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from contract.schemas import CATEGORY_MAX_BYTES, ID_MAX_BYTES, TEXT_MAX_BYTES, TITLE_MAX_BYTES
 from server.config import (
+    MAX_LISTENERS,
     MAX_WORKERS,
     GatewaySettings,
     RagSettings,
@@ -116,6 +117,13 @@ def test_a_bad_number_of_workers_is_rejected_naming_the_key(workers: object) -> 
 def test_production_runs_a_worker_per_cpu() -> None:
     settings = load_settings(ROOT / "configs" / "production.yaml")
     assert settings.gateway.workers == 0 and settings.gateway.worker_processes == available_cpus()
+    assert settings.gateway.listeners == 4 and load_settings().gateway.listeners == 1  # 1 unless configured
+
+
+@pytest.mark.parametrize("listeners", [0, MAX_LISTENERS + 1, "several"])
+def test_a_bad_number_of_listeners_is_rejected_naming_the_key(listeners: object) -> None:
+    with pytest.raises(ValidationError, match=r"gateway\.listeners"):
+        load_settings(gateway={"listeners": listeners})
 
 
 def test_the_ann_stage_asks_for_the_reranked_pool_only_when_the_ranking_is_served(tmp_path: Path) -> None:

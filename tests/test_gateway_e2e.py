@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client import REGISTRY
 
 from benchmarks.suite import wait_for_cache_warm
+from contract.channel import OWN_CONNECTION_OPTION
 from devstack.local import gateway_serving
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
@@ -30,6 +31,7 @@ from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
 from tests.conftest import FEEDBACK_DIR
+from tests.test_transport import listening_sockets
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.feedback import load_feedback_log
@@ -382,3 +384,22 @@ def test_over_the_concurrency_limit_is_resource_exhausted(one_rpc_gateway) -> No
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         holding.cancel()
+
+
+def test_listeners_share_the_port_and_each_serves_the_same_answers(stack, offline, tmp_path) -> None:
+    """`gateway.listeners: 3`: three gRPC servers of the one process listen on its port; Recommends on separate
+    connections (spread over them by the kernel) get the same answer from any."""
+    ids = offline[0]
+    request = pb.RecommendRequest(history=[pb.HistoryItem(id=h) for h in ids[5:20]], k=5)
+    port = free_port()
+    listening = stack.gateway_process(
+        "gateway-listeners", port, tmp_path / "gateway.log", {"RECSTACK_GATEWAY__LISTENERS": "3"}
+    )
+    with listening:
+        assert listening_sockets(port) == 3
+        answers = set()
+        for _ in range(9):
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[(OWN_CONNECTION_OPTION, 1)]) as channel:
+                response = gateway_pb2_grpc.GatewayStub(channel).Recommend(request, timeout=10)
+            answers.add(tuple(item.id for item in response.items))
+        assert len(answers) == 1 and len(next(iter(answers))) == 5

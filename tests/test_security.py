@@ -100,7 +100,7 @@ async def serving(security: SecuritySettings) -> AsyncIterator[tuple[str, FakeGa
     server = grpc.aio.server(interceptors=interceptors(security))
     pb_grpc.add_GatewayServicer_to_server(service, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    port = bind(server, "127.0.0.1:0", server_credentials(security), security.loopback_port)
+    port = bind([server], "127.0.0.1:0", server_credentials(security), security.loopback_port)
     await server.start()
     try:
         yield f"localhost:{port}", service
@@ -322,7 +322,7 @@ class ReadyTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
 async def test_the_triton_client_speaks_tls_when_configured(pki: Pki) -> None:
     server = grpc.aio.server()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(ReadyTriton(), server)
-    port = bind(server, "127.0.0.1:0", server_credentials(tls_settings(pki)))
+    port = bind([server], "127.0.0.1:0", server_credentials(tls_settings(pki)))
     await server.start()
     tokenizers: Any = dict.fromkeys(contract.TEXT_FIELDS)
     url = f"localhost:{port}"
