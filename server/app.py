@@ -160,7 +160,14 @@ class GatewayApp:
             rec.cold_start_pool,
             rec.cold_start_reuse_s,
         )
-        catalog = CatalogView(news.cache, self.store, news.collection, self.clock, rec.absent_id_ttl_s)
+        catalog = CatalogView(
+            news.cache,
+            self.store,
+            news.collection,
+            self.clock,
+            rec.absent_id_ttl_s,
+            refresh_timeout_s=s.milvus.timeout_s,
+        )
         return Recommender(
             HistoryVectors(catalog, news.encoders, rec.max_history),
             UserVector(user_encoders),

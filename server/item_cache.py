@@ -16,6 +16,11 @@ vectors and candidates' display fields come from here; Milvus is asked only for 
   same request that writes Milvus, so the next request sees the change. Writes made through
   *another* gateway replica are picked up when the entry expires (`ttl_s` after it was stored: a
   lookup then reports it missing) or is evicted.
+- Refreshed ahead: an entry found after REFRESH_AT x `ttl_s` is still served, and its id is noted as
+  due (`take_due`) for the owner to re-read in the background (`CatalogView`), so entries in use do not
+  expire on the request path. Why: the warm-up stores the whole catalog within seconds, so it all expired
+  within seconds too: on the demo stack at c8 the 10 s window 300 s after a refill had 1,772 misses and
+  459 Milvus reads on the request path (none in the windows around it) and p99 83 ms against ~55.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from server.observability import ITEM_CACHE, labelled
 
 FIELDS = ("vector", "title", "category", "published", "popularity")
 EVICTION_CHUNK = 64  # a full cache evicts at least capacity / EVICTION_CHUNK rows at once
+REFRESH_AT = 0.75  # an entry found after this share of ttl_s is due for a background refresh
 Strings = NDArray[np.object_]
 
 
@@ -142,6 +148,7 @@ class ItemCache:
         self._popularity: NDArray[np.float32] = np.zeros(0, np.float32)
         self._stored: NDArray[np.float64] = np.zeros(0)  # clock() when written
         self._used: NDArray[np.float64] = np.zeros(0)  # clock() when last found by a lookup
+        self._due: set[str] = set()  # ids found after REFRESH_AT x ttl_s, not yet taken for a refresh
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -162,8 +169,23 @@ class ItemCache:
             hit_rows, missing = rows[found], [ids[i] for i in np.flatnonzero(~found)]
             labelled(ITEM_CACHE, "miss").inc(len(missing))
         self._used[hit_rows] = now
+        aging = self._stored[hit_rows] <= now - REFRESH_AT * self.ttl_s
+        if aging.any():
+            self._due.update(found_ids[i] for i in np.flatnonzero(aging))
         labelled(ITEM_CACHE, "hit").inc(len(hit_rows))
         return self._batch(found_ids, hit_rows), missing
+
+    def has_due(self) -> bool:
+        return bool(self._due)
+
+    def take_due(self, most: int) -> list[str]:
+        """Up to `most` ids due for a refresh (see the module docstring) that are still cached; each is given once."""
+        taken: list[str] = []
+        while self._due and len(taken) < most:
+            item_id = self._due.pop()
+            if item_id in self._rows:
+                taken.append(item_id)
+        return taken
 
     def _batch(self, ids: list[str], rows: NDArray[np.intp]) -> NewsBatch:
         return NewsBatch(

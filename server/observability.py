@@ -4,7 +4,8 @@ Metric names:
 - `recstack_rpc_seconds{method, code}`: latency of every RPC by its final gRPC status code;
 - `recstack_stage_seconds{stage}`: time per pipeline stage (e.g. `triton.user_encoder`, `milvus.search`);
 - `recstack_inflight_rpcs{method}`: RPCs being served now;
-- `recstack_item_cache_total{result}`: catalog lookups served from memory (`hit`) or Milvus (`miss`);
+- `recstack_item_cache_total{result}`: catalog lookups served from memory (`hit`) or Milvus (`miss`), and entries
+  re-read from Milvus in the background before they expired (`refreshed`; see `server.item_cache`);
 - `recstack_item_cache_warm`: 1 once the item cache warm-up has finished, `recstack_item_cache_warmup_failed`
   1 when it failed (requests then read Milvus), `recstack_item_cache_warmup_vectors` and
   `recstack_item_cache_warmup_seconds` what it loaded and how long it took;
@@ -65,7 +66,9 @@ VERSION_SECONDS = Histogram(
 )
 STAGE_SECONDS = Histogram("recstack_stage_seconds", "Time per pipeline stage.", ["stage"], buckets=LATENCY_BUCKETS)
 INFLIGHT = Gauge("recstack_inflight_rpcs", "RPCs in progress.", ["method"], multiprocess_mode="livesum")
-ITEM_CACHE = Counter("recstack_item_cache_total", "Catalog lookups served from memory or not.", ["result"])
+ITEM_CACHE = Counter(
+    "recstack_item_cache_total", "Catalog lookups served from memory or not; entries refreshed ahead.", ["result"]
+)
 CACHE_WARM_METRIC = "recstack_item_cache_warm"
 CACHE_WARMUP_FAILED_METRIC = "recstack_item_cache_warmup_failed"
 CACHE_WARMUP_VECTORS_METRIC = "recstack_item_cache_warmup_vectors"

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from recstack.v1 import gateway_pb2 as pb
 from server.config import GatewaySettings, RagSettings
@@ -322,6 +323,64 @@ async def test_ids_milvus_does_not_have_are_not_asked_for_again_until_they_expir
     timer.now = 30.1
     assert (await catalog.entries(["a", "gone"], "milvus.get_history", ctx())).ids == ["a", "gone"]
     assert gets() == [("a", "gone"), ("gone",)]
+
+
+async def test_entries_in_use_are_refreshed_in_the_background_before_they_expire(store: FakeStore) -> None:
+    """Late in its lifetime an entry is served from memory and re-read in the background, batched; one Milvus no
+    longer has is forgotten. So the catalog the warm-up stored all at once does not expire on the request path."""
+    timer = FakeTimer()
+    cache = ItemCache(10, 60, timer)
+    catalog = CatalogView(cache, store, "news", CatalogClock(), timer=timer, refresh_timeout_s=1.0)
+    await catalog.entries(["a", "b", "d"], "milvus.get_history", ctx())  # read, then cached at t = 0
+    del store.rows["news"]["d"]  # deleted through another replica
+    store.rows["news"]["a"]["title"] = "A, edited"
+    store.calls.clear()
+    timer.now = 44.0  # before REFRESH_AT x 60 s: nothing is due
+    await catalog.entries(["a", "b", "d"], "milvus.get_history", ctx())
+    assert store.calls == [] and not cache.has_due()
+    timer.now = 46.0
+    served = await catalog.entries(["a", "b", "d"], "milvus.get_history", ctx())
+    assert served.ids == ["a", "b", "d"] and served.titles[0] == "a"  # still the cached entries, at once
+    assert catalog._refreshing is not None
+    refreshed = REGISTRY.get_sample_value("recstack_item_cache_total", {"result": "refreshed"}) or 0.0
+    await catalog._refreshing
+    assert [(name, sorted(ids)) for name, ids in store.calls] == [("get", ["a", "b", "d"])]  # one batch
+    assert REGISTRY.get_sample_value("recstack_item_cache_total", {"result": "refreshed"}) == refreshed + 2
+    assert len(cache) == 2 and not cache.has_due()  # "d" forgotten
+    timer.now = 100.0  # past the first storing's ttl: the refreshed entries are fresh, the gone one is not cached
+    found, missing = cache.lookup(["a", "b", "d"])
+    assert found.ids == ["a", "b"] and list(found.titles) == ["A, edited", "b"] and missing == ["d"]
+
+
+async def test_a_failed_refresh_is_not_retried_at_once_and_the_entries_still_expire(store: FakeStore) -> None:
+    timer = FakeTimer()
+    cache = ItemCache(10, 60, timer)
+    catalog = CatalogView(cache, store, "news", CatalogClock(), timer=timer, refresh_timeout_s=1.0)
+    await catalog.entries(["a"], "milvus.get_history", ctx())
+    failing = FailingGet(store)
+    catalog.store = failing
+    timer.now = 50.0
+    await catalog.entries(["a"], "milvus.get_history", ctx())
+    assert catalog._refreshing is not None
+    await asyncio.gather(catalog._refreshing, return_exceptions=True)
+    assert failing.calls == 1 and catalog._refreshing is None
+    timer.now = 52.0  # within REFRESH_RETRY_S of the failure: no new attempt, although "a" is due again
+    await catalog.entries(["a"], "milvus.get_history", ctx())
+    assert catalog._refreshing is None and failing.calls == 1
+    timer.now = 61.0
+    assert cache.lookup(["a"])[1] == ["a"]  # expired as without a refresh: the request path reads it
+
+
+@dataclass
+class FailingGet:
+    """A store whose reads by id fail (Milvus unavailable)."""
+
+    store: FakeStore
+    calls: int = 0
+
+    async def get(self, collection: str, ids: Sequence[str], output_fields=(), timeout=None):
+        self.calls += 1
+        raise ConnectionError("milvus is down")
 
 
 async def test_an_absent_id_is_read_again_once_this_gateway_writes_news(store: FakeStore) -> None:

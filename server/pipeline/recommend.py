@@ -16,6 +16,7 @@ and another for users without (`[ColdStart]`); each stage is usable and testable
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+import structlog
 from cachetools import TTLCache
 from numpy.typing import NDArray
 
@@ -31,6 +33,7 @@ from contract.schemas import MAX_RESULT_ROWS
 from server.domain import Filters, HistoryEntry, RecommendQuery
 from server.item_cache import FIELDS as CACHED_FIELDS
 from server.item_cache import CachedNews, ItemCache, NewsBatch
+from server.observability import ITEM_CACHE, labelled
 from server.pipeline.common import (
     CatalogClock,
     Encoders,
@@ -45,8 +48,12 @@ from server.pipeline.common import (
 COLD_START_FIELDS = ("title", "category", "published", "popularity")
 REUSED_FILTER_SETS = 256  # ColdStart keeps the ranked rows of at most this many filter sets
 REMEMBERED_ABSENT_IDS = 100_000  # CatalogView remembers at most this many ids Milvus did not have
+REFRESH_BATCH = 1000  # ids per Milvus read of CatalogView's background refresh
+REFRESH_RETRY_S = 5.0  # after a failed background refresh, none starts for this long
 SECONDS_PER_DAY = 86_400
 MMR_POOL_FACTOR = 4  # MMR picks k of this many times k candidates
+
+log = structlog.get_logger("recstack.recommend")
 
 
 @dataclass
@@ -124,6 +131,11 @@ class CandidateStage(Protocol):
 class CatalogView:
     """News entries by id: from the gateway's memory first, the rest fetched from Milvus (and remembered).
 
+    With `refresh_timeout_s`, entries the cache marks due (found late in their lifetime, see
+    `server.item_cache`) are re-read from Milvus in the background, a batch at a time, one batch in flight;
+    ids Milvus no longer has are forgotten. A failed refresh is logged and not retried for
+    REFRESH_RETRY_S: those entries expire as before and are read on the request path.
+
     Ids Milvus does not have (a history naming news deleted or never indexed) are remembered as absent for
     `absent_ttl_s` (0: asked for again on every request). Why: otherwise each Recommend of such a history
     costs a Milvus read that finds nothing, every time. This gateway's own news writes end that at once (they
@@ -138,9 +150,14 @@ class CatalogView:
         clock: CatalogClock | None = None,
         absent_ttl_s: float = 0.0,
         timer: Callable[[], float] = time.monotonic,
+        refresh_timeout_s: float | None = None,
     ) -> None:
+        """`refresh_timeout_s`: the deadline of a background refresh's Milvus read (None: no refresh)."""
         self.cache, self.store, self.collection = cache, store, collection
         self.clock = clock or CatalogClock()
+        self.refresh_timeout_s, self.timer = refresh_timeout_s, timer
+        self._refreshing: asyncio.Task[None] | None = None
+        self._refresh_after = 0.0  # timer() before which no refresh starts (after a failed one)
         # id -> the catalog clock's revision when Milvus did not have it
         self._absent: TTLCache[str, int] | None = (
             TTLCache(REMEMBERED_ABSENT_IDS, absent_ttl_s, timer) if absent_ttl_s > 0 else None
@@ -148,6 +165,8 @@ class CatalogView:
 
     async def entries(self, ids: Sequence[str], stage: str, ctx: RequestContext) -> NewsBatch:
         found, missing = self.cache.lookup(ids)
+        if self.refresh_timeout_s is not None and self._refreshing is None and self.cache.has_due():
+            self._start_refresh()
         revision = self.clock.revision
         if missing and self._absent is not None:
             missing = [item_id for item_id in missing if self._absent.get(item_id) != revision]
@@ -160,6 +179,27 @@ class CatalogView:
         if self._absent is not None:
             self._absent.update((item_id, revision) for item_id in missing if item_id not in rows)
         return found.concat(NewsBatch.from_entries(fetched))
+
+    def _start_refresh(self) -> None:
+        if self.timer() < self._refresh_after:
+            return
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        self._refreshing.add_done_callback(self._refreshed)
+
+    async def _refresh(self) -> None:
+        """Re-read the due entries, REFRESH_BATCH ids per Milvus call, until none are due."""
+        while ids := self.cache.take_due(REFRESH_BATCH):
+            rows = await self.store.get(self.collection, ids, CACHED_FIELDS, self.refresh_timeout_s)
+            self.cache.store({item_id: CachedNews.from_row(row) for item_id, row in rows.items()})
+            self.cache.forget(item_id for item_id in ids if item_id not in rows)  # gone from Milvus
+            labelled(ITEM_CACHE, "refreshed").inc(len(rows))
+
+    def _refreshed(self, task: asyncio.Task[None]) -> None:
+        self._refreshing = None
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._refresh_after = self.timer() + REFRESH_RETRY_S
+            log.warning("item_cache_refresh_failed", collection=self.collection, error=str(error))
 
 
 class HistoryVectors:
