@@ -17,6 +17,7 @@ and another for users without (`[ColdStart]`); each stage is usable and testable
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -183,7 +184,8 @@ class CatalogView:
     def _start_refresh(self) -> None:
         if self.timer() < self._refresh_after:
             return
-        self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+        # A fresh context: the refresh is no part of the request that happened to start it (its call ledger).
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh(), context=contextvars.Context())
         self._refreshing.add_done_callback(self._refreshed)
 
     async def _refresh(self) -> None:
