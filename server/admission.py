@@ -163,7 +163,7 @@ class Admission:
             labelled(ADMISSION_DEADLINE_LEFT, method).observe(remaining_s)
         reason = limiter.try_acquire(remaining_s)
         if reason is not None:
-            ADMISSION_REJECTED.labels(method, reason.value).inc()
+            labelled(ADMISSION_REJECTED, method, reason.value).inc()
             down = self.outage() if reason is Rejection.LIMIT else None
             if down is not None:
                 raise DependencyUnavailable(down, f"{method} not admitted: {limiter.in_flight} requests wait on it")
@@ -177,7 +177,7 @@ class Admission:
             raise
         finally:
             limiter.release(limiter.clock() - started if sample else None)
-            ADMISSION_LIMIT.labels(method).set(limiter.limit)
+            labelled(ADMISSION_LIMIT, method).set(limiter.limit)
 
 
 def signals_load(error: BaseException) -> bool:
