@@ -1,9 +1,10 @@
-"""Serve a `recstack.v1.Gateway` servicer in this process for one call: the benchmarks' test helper."""
+"""gRPC serving helpers for tests: serve a `recstack.v1.Gateway` servicer for one call, count listening sockets."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -26,3 +27,14 @@ def over_grpc(servicer: pb_grpc.GatewayServicer, call: Callable[[pb_grpc.Gateway
             await server.stop(0)
 
     return asyncio.run(scenario())
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on `port` (Linux: /proc/net/tcp and tcp6, state 0A)."""
+    count = 0
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
+    return count

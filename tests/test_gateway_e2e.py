@@ -31,7 +31,7 @@ from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
 from tests.conftest import FEEDBACK_DIR
-from tests.test_transport import listening_sockets
+from tests.grpc_serving import listening_sockets
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.feedback import load_feedback_log

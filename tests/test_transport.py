@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,17 +11,7 @@ from contract.channel import OWN_CONNECTION_OPTION
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.transport import bind
-
-
-def listening_sockets(port: int) -> int:
-    """How many TCP sockets listen on `port` (Linux: /proc/net/tcp and tcp6, state 0A)."""
-    count = 0
-    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
-        for line in table.read_text().splitlines()[1:]:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            count += state == "0A" and int(local.rsplit(":", 1)[1], 16) == port
-    return count
+from tests.grpc_serving import listening_sockets
 
 
 class Named(pb_grpc.GatewayServicer):
