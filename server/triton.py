@@ -11,7 +11,9 @@ The underlying gRPC channel reconnects by itself, so calls succeed again once Tr
 Inference goes through the KServe v2 service stub directly (`ModelInferRequest` with `raw_input_contents`
 from the NumPy buffers, the embedding read with `np.frombuffer` from `raw_output_contents`): tritonclient's
 `infer` builds `InferInput`/`InferResult` objects and copies every tensor once more on each call. Metadata
-and readiness (not on the request path) stay with tritonclient's client, over the same credentials.
+and readiness use the same stub and channel: a health check that says SERVING has reached Triton over the very
+connection requests use (a second client's channel could be connected while this one still waits out its
+reconnect backoff, and requests right after a Triton restart failed UNAVAILABLE while health said SERVING).
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-import tritonclient.grpc.aio as triton_aio
 from numpy.typing import NDArray
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.grpc.aio import MAX_GRPC_MESSAGE_SIZE
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype, triton_to_np_dtype
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 import contract
 from contract import layout
@@ -47,9 +48,8 @@ class TritonEncoders:
         self.settings = settings
         self.tokenizers = tokenizers
         credentials = _credentials(settings)
-        self._client = triton_aio.InferenceServerClient(settings.url, creds=credentials)
         self._channel = _channel(settings.url, credentials)
-        self._infer_stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.circuit = Circuit("triton", settings.stall_after_s)
         self._models = {
             contract.TITLE: settings.news_encoder,
@@ -96,29 +96,30 @@ class TritonEncoders:
         """Output size D of every encoder, read from Triton's model metadata."""
         dims = {}
         for model in self.model_names:
+            request = service_pb2.ModelMetadataRequest(name=model)
             try:
-                metadata = await self._client.get_model_metadata(model, client_timeout=self.settings.timeout_s)
-            except InferenceServerException as error:
-                raise _mapped(model, error.status() or "", error.message()) from error
+                metadata = await self._stub.ModelMetadata(request, timeout=self.settings.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                raise _mapped(model, str(error.code()), error.details() or "") from error
             (output,) = (o for o in metadata.outputs if o.name == contract.EMBEDDING)
             dims[model] = int(output.shape[-1])
         return dims
 
     async def ready(self) -> bool:
         """Server ready and every encoder loaded; never raises (used by health checks)."""
+        timeout = self.settings.timeout_s
         try:
-            timeout = self.settings.timeout_s
-            if not await self._client.is_server_ready(client_timeout=timeout):
+            if not (await self._stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)).ready:
                 return False
             for model in self.model_names:
-                if not await self._client.is_model_ready(model, client_timeout=timeout):
+                request = service_pb2.ModelReadyRequest(name=model)
+                if not (await self._stub.ModelReady(request, timeout=timeout)).ready:
                     return False
             return True
-        except Exception:
+        except grpc.aio.AioRpcError:
             return False
 
     async def close(self) -> None:
-        await self._client.close()
         await self._channel.close()
 
     async def _infer(
@@ -141,7 +142,7 @@ class TritonEncoders:
             self.circuit.check()
         with self.circuit.watching(watched):
             try:
-                response = await self._infer_stub.ModelInfer(request, timeout=timeout)
+                response = await self._stub.ModelInfer(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:
                 raise _mapped(model, str(error.code()), error.details() or "") from error
         (output,) = response.outputs
