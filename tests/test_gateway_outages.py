@@ -62,7 +62,7 @@ def test_milvus_down_is_unavailable_then_recovers(stack, gateway, health) -> Non
     finally:
         stack.milvus.start()
     wait_until(lambda: health(SERVICE) == SERVING, 120, "health SERVING again")
-    wait_until(lambda: bool(search(gateway).passages), 30, "search answering again")
+    assert search(gateway).passages  # SERVING means the search channel is connected too
 
 
 def test_llm_down_fails_answer_only_then_recovers(stack, gateway, health) -> None:

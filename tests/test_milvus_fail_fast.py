@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import grpc
 import numpy as np
 import pytest
 
@@ -41,3 +42,34 @@ async def test_after_a_refused_probe_calls_fail_at_once_and_a_listening_port_lif
             assert "refuses connections" not in str(error.value)
     finally:
         await asyncio.wait_for(store.close(), 10)
+
+
+async def test_ready_waits_for_the_search_channel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Searches run on their own gRPC channel: health says SERVING only once that channel is connected too (after
+    a Milvus restart it may still be waiting out its reconnect backoff while pymilvus's channel is back)."""
+    port = free_port()
+    store = MilvusStore(MilvusSettings(uri=f"http://127.0.0.1:{port}", health_timeout_s=0.5))
+
+    async def collections(**kwargs: object) -> list[str]:
+        return []
+
+    monkeypatch.setattr(store._client, "list_collections", collections)  # pymilvus's side of the probe passes
+    store._open_raw_search()  # as the first search does
+    server = grpc.aio.server()
+    try:
+        assert not await store.ready()  # nothing listens for the search channel
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        assert await wait_for_ready(store, within_s=5.0)
+    finally:
+        await server.stop(grace=None)
+        await asyncio.wait_for(store.close(), 10)
+
+
+async def wait_for_ready(store: MilvusStore, within_s: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        if await store.ready():
+            return True
+        await asyncio.sleep(0.1)
+    return False

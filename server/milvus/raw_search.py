@@ -84,6 +84,11 @@ class RawSearch:
             raise MilvusException(status.code, status.reason, status.error_code)
         return _hits(reply.results)
 
+    async def connected(self) -> None:
+        """Return once the channel is connected, connecting it now if it is idle (it may be waiting out its
+        reconnect backoff after Milvus was away: up to a second, CHANNEL_OPTIONS)."""
+        await self._channel.channel_ready()
+
     async def close(self) -> None:
         await self._channel.close()
 

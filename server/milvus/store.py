@@ -344,6 +344,9 @@ class MilvusStore:
         """True when Milvus serves reads of the collections ensured by this store (or, before
         ensure_collections, answers at all); never raises.
 
+        Searches use their own channel (`RawSearch`); once it exists, the probe also waits for it to be
+        connected, so that SERVING after a Milvus restart means searches reach Milvus too, not only pymilvus.
+
         A failed probe also checks whether Milvus's port refuses connections (the process is gone): until a
         later probe succeeds, calls then fail at once with UNAVAILABLE instead of waiting out their deadline
         in pymilvus's retries, which would hold admission slots and teach admission control an outage's
@@ -356,6 +359,8 @@ class MilvusStore:
                     await self._client.list_collections(timeout=budget)
                 for name in self._ensured:
                     await self._count(name, budget)
+                if self._raw is not None:
+                    await self._raw.connected()
         except Exception:  # a health probe reports, it does not raise
             refused = await connection_refused(self.settings.uri, budget)
             self._refused_checked_at = time.monotonic()
