@@ -164,9 +164,8 @@ def _credentials(settings: TritonSettings) -> grpc.ChannelCredentials | None:
 def _channel(url: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
     options = [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE)]
     options.append(("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE))
-    # gRPC's reconnect backoff grows to 120 s while Triton is down, so calls would keep failing for up to two
-    # minutes after it is back (the health probe, on tritonclient's own channel, already says SERVING): retry
-    # the connection at least every second instead.
+    # gRPC's reconnect backoff grows to 120 s while Triton is down, so requests and the health probe (this same
+    # channel) would not see it back for up to two minutes: retry the connection at least every second instead.
     options.append(("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS))
     options.append(("grpc.initial_reconnect_backoff_ms", min(RECONNECT_BACKOFF_MS, 200)))
     if credentials is None:
