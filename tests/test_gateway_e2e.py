@@ -332,7 +332,9 @@ async def test_a_deadline_passing_while_the_gateway_works_stops_the_work() -> No
         await server.stop(grace=None)
     assert encoders.endings == ["cancelled"]
     (timeout,) = encoders.timeouts
-    assert timeout is not None and timeout <= 0.3  # the caller's deadline, not the 10 s cap
+    # The caller's deadline, not the 10 s cap. The gateway sees it as the wire timeout added to its own clock, and
+    # the wire form is rounded up, so the remainder may exceed 0.3 s by a hair (0.300125 s in one CI run).
+    assert timeout is not None and timeout < 0.35
     ended = {code: rpc_count("Search", code) - before for code, before in ended_before.items()}
     assert sum(ended.values()) == 1, ended
 
