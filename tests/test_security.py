@@ -23,7 +23,7 @@ import structlog
 import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY, generate_latest
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
 
 import contract
 from contract.channel import ClientSecurity
@@ -37,6 +37,7 @@ from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClien
 from server.milvus import store as milvus_store
 from server.transport import InsecureExposure, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
+from tests.grpc_serving import FakeTriton
 
 pytestmark = pytest.mark.anyio
 
@@ -309,19 +310,9 @@ def test_the_gateway_process_refuses_to_start_exposed_and_says_why() -> None:
 # ---- outbound --------------------------------------------------------------------------------------------
 
 
-class ReadyTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Triton's readiness RPCs, always ready."""
-
-    async def ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
-        return service_pb2.ServerReadyResponse(ready=True)
-
-    async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
-        return service_pb2.ModelReadyResponse(ready=True)
-
-
 async def test_the_triton_client_speaks_tls_when_configured(pki: Pki) -> None:
     server = grpc.aio.server()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(ReadyTriton(), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(FakeTriton(dim=4), server)
     port = bind([server], "127.0.0.1:0", server_credentials(tls_settings(pki)))
     await server.start()
     tokenizers: Any = dict.fromkeys(contract.TEXT_FIELDS)

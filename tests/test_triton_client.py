@@ -7,52 +7,23 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2_grpc
 
 import contract
 from server.config import TritonSettings
 from server.triton import TritonEncoders
+from tests.grpc_serving import FakeTriton
 
 pytestmark = pytest.mark.anyio
 
 DIM = 4
 
 
-class RecordingTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Ready, every model with a DIM-wide embedding, inference answered with zeros; records each call's peer."""
-
-    def __init__(self) -> None:
-        self.peers: list[str] = []
-
-    async def ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
-        self.peers.append(context.peer())
-        return service_pb2.ServerReadyResponse(ready=True)
-
-    async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
-        self.peers.append(context.peer())
-        return service_pb2.ModelReadyResponse(ready=True)
-
-    async def ModelMetadata(self, request: Any, context: Any) -> service_pb2.ModelMetadataResponse:
-        self.peers.append(context.peer())
-        output = service_pb2.ModelMetadataResponse.TensorMetadata(
-            name=contract.EMBEDDING, datatype="FP32", shape=[-1, DIM]
-        )
-        return service_pb2.ModelMetadataResponse(name=request.name, outputs=[output])
-
-    async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
-        self.peers.append(context.peer())
-        embedding = np.zeros((request.inputs[0].shape[0], DIM), np.float32)
-        output = service_pb2.ModelInferResponse.InferOutputTensor(
-            name=contract.EMBEDDING, datatype="FP32", shape=embedding.shape
-        )
-        return service_pb2.ModelInferResponse(outputs=[output], raw_output_contents=[embedding.tobytes()])
-
-
 async def test_readiness_metadata_and_inference_share_one_connection() -> None:
     """A health check that says SERVING has reached Triton over the connection requests use. With a second client
     for readiness, health said SERVING after a Triton restart while requests, whose channel was still waiting out its
     reconnect backoff, failed UNAVAILABLE."""
-    triton = RecordingTriton()
+    triton = FakeTriton(DIM)
     server = grpc.aio.server()
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(triton, server)
     port = server.add_insecure_port("127.0.0.1:0")
