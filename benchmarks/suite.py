@@ -375,7 +375,7 @@ async def measure_overload(bench: Bench, ours: Endpoint, requests: RequestFactor
         group: round(seconds / bench.profile.overload_s, 3) for group, seconds in overload_side.cpu.seconds.items()
     }
     bench.collector.overload = overload_result(capacity, overloaded, deadline_left) | {
-        "gateway_counters": dict(sorted(counted.items())),
+        "gateway_counters": {sample_label(key): count for key, count in sorted(counted.items())},
         "cpu_cores": cores,  # CPU seconds per second of each process group during the overloaded window
         "scenarios": {"capacity": capacity, "overloaded": overloaded},
     }
@@ -403,28 +403,35 @@ DEADLINE_LEFT_BUCKET = "recstack_admission_deadline_left_seconds_bucket"  # cumu
 GATEWAY_COUNTERS = ("recstack_dependency_calls_total", "recstack_admission_rejected_total", DEADLINE_LEFT_BUCKET)
 
 
-def gateway_counters(metrics_url: str) -> dict[str, float]:
-    """The gateway's GATEWAY_COUNTERS samples (a histogram's buckets too), keyed `name{label=value,...}`, from its
-    /metrics."""
+SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # a sample's name and its labels, sorted
+
+
+def gateway_counters(metrics_url: str) -> dict[SampleKey, float]:
+    """The gateway's GATEWAY_COUNTERS samples (a histogram's buckets too), from its /metrics."""
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode()
-    counters = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in GATEWAY_COUNTERS:
-                labels = ",".join(f"{key}={value}" for key, value in sorted(sample.labels.items()))
-                counters[f"{sample.name}{{{labels}}}"] = sample.value
-    return counters
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in GATEWAY_COUNTERS
+    }
 
 
-def pop_buckets(samples: dict[str, float], bucket: str, **labels: str) -> dict[float, float]:
+def pop_buckets(samples: dict[SampleKey, float], bucket: str, **labels: str) -> dict[float, float]:
     """Remove `bucket`'s samples with `labels` from `gateway_counters`'s `samples`: upper bound (`le`) -> count."""
     found = {}
-    for name in [name for name in samples if name.startswith(f"{bucket}{{")]:
-        pairs = dict(pair.split("=", 1) for pair in name.removeprefix(f"{bucket}{{").removesuffix("}").split(","))
-        if all(pairs.get(key) == value for key, value in labels.items()):
-            found[float(pairs["le"])] = samples.pop(name)
+    for key in [key for key in samples if key[0] == bucket]:
+        pairs = dict(key[1])
+        if all(pairs.get(name) == value for name, value in labels.items()):
+            found[float(pairs["le"])] = samples.pop(key)
     return found
+
+
+def sample_label(key: SampleKey) -> str:
+    """`name{label=value,...}`, the form the results JSON records."""
+    name, labels = key
+    return name + "{" + ",".join(f"{label}={value}" for label, value in labels) + "}"
 
 
 def saturated(scenario: dict) -> bool:
