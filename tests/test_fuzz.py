@@ -29,13 +29,13 @@ from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from proto_strategies import hostile_text, messages
 
 from benchmarks.reliability import write_section
 from devstack.local import gateway_serving
 from devstack.process import free_port
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
-from tests.proto_strategies import hostile_text, messages
 
 pytestmark = pytest.mark.stack
 

@@ -16,6 +16,7 @@ import torch
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_serving import listening_sockets
 from prometheus_client import REGISTRY
 
 from benchmarks.suite import wait_for_cache_warm
@@ -31,7 +32,6 @@ from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
 from tests.conftest import FEEDBACK_DIR
-from tests.grpc_serving import listening_sockets
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.feedback import load_feedback_log

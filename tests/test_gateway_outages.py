@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import wait_until
 
 from recstack.v1 import gateway_pb2 as pb
 from server.health import ANSWER_SERVICE, SERVICE
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.stack
 

@@ -20,13 +20,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import wait_until
 
 from contract.channel import OWN_CONNECTION_OPTION
 from devstack.local import gateway_serving
 from devstack.process import free_port, stop_group
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc
-from tests.waiting import wait_until
 
 START_TIMEOUT_S = 240.0  # two workers import the gateway side by side on a busy 2-core machine
 RECOMMENDS_OK = ("recstack_rpc_seconds_count", {"method": "Recommend", "code": "OK"})

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
+from proto_strategies import OVERSIZE_BYTES, copies, messages
 
 from recstack.v1 import gateway_pb2 as pb
-from tests.proto_strategies import OVERSIZE_BYTES, copies, messages
 
 
 def test_copies_of_a_large_entry_are_cut_to_the_oversize_bound_and_small_ones_are_not() -> None:

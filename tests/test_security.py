@@ -22,6 +22,7 @@ import pytest
 import structlog
 import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_serving import FakeTriton
 from prometheus_client import REGISTRY, generate_latest
 from tritonclient.grpc import service_pb2_grpc
 
@@ -37,7 +38,6 @@ from server.llm import ChatMessage, GenerationRequest, OllamaClient, OpenAIClien
 from server.milvus import store as milvus_store
 from server.transport import InsecureExposure, bind, check_exposure, server_credentials
 from server.triton import TritonEncoders
-from tests.grpc_serving import FakeTriton
 
 pytestmark = pytest.mark.anyio
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from grpc_serving import listening_sockets
 
 from contract.channel import OWN_CONNECTION_OPTION
 from recstack.v1 import gateway_pb2 as pb
 from recstack.v1 import gateway_pb2_grpc as pb_grpc
 from server.transport import bind
-from tests.grpc_serving import listening_sockets
 
 
 class Named(pb_grpc.GatewayServicer):

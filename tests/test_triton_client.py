@@ -7,12 +7,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc_serving import FakeTriton
 from tritonclient.grpc import service_pb2_grpc
 
 import contract
 from server.config import TritonSettings
 from server.triton import TritonEncoders
-from tests.grpc_serving import FakeTriton
 
 pytestmark = pytest.mark.anyio
 
