@@ -74,7 +74,8 @@ async def observed(method: str, context: grpc.aio.ServicerContext) -> AsyncItera
         except asyncio.CancelledError:  # the client cancelled or its deadline passed
             code = grpc.StatusCode.CANCELLED
             raise
-        except grpc.aio.AbortError:
+        except grpc.aio.AbortError:  # the handler ended the RPC itself (the gateway's do not: see end_with)
+            code = context.code() or grpc.StatusCode.UNKNOWN
             raise
         except GatewayError as error:
             code = status_for(error)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_serving import over_grpc
+from prometheus_client import REGISTRY
 
 from benchmarks.loadgen import LoadConfig, run_load
 from benchmarks.naive_server import (
@@ -156,9 +157,16 @@ def test_recommend_validates_like_the_gateway(gateway: NaiveGateway, request_mes
     assert error.details().startswith(f"{field}:")
 
 
+def unimplemented_recommends() -> float:
+    labels = {"method": "Recommend", "code": "UNIMPLEMENTED"}
+    return REGISTRY.get_sample_value("recstack_rpc_seconds_count", labels) or 0.0
+
+
 def test_unsupported_features_are_unimplemented_not_ignored(gateway: NaiveGateway):
     diverse = pb.RecommendRequest(k=5, diversity=0.5)
+    recorded_before = unimplemented_recommends()
     assert status_of(gateway, lambda stub: stub.Recommend(diverse, timeout=10)).code() == grpc.StatusCode.UNIMPLEMENTED
+    assert unimplemented_recommends() == recorded_before + 1  # the aborted RPC is measured with its code, not OK
 
     async def answer(stub: pb_grpc.GatewayStub) -> list[pb.AnswerChunk]:
         return [chunk async for chunk in stub.Answer(pb.AnswerRequest(question="why"), timeout=10)]
