@@ -367,8 +367,8 @@ async def measure_overload(bench: Bench, ours: Endpoint, requests: RequestFactor
     before = await asyncio.to_thread(gateway_counters, metrics_url)
     overloaded = await measure_alone(bench, f"overload: {rate:g} req/s", overload_side)
     after = await asyncio.to_thread(gateway_counters, metrics_url)
-    counted = {name: round(after.get(name, 0.0) - value) for name, value in before.items()} | {
-        name: round(value) for name, value in after.items() if name not in before
+    counted = {key: round(after.get(key, 0.0) - value) for key, value in before.items()} | {
+        key: round(value) for key, value in after.items() if key not in before
     }
     deadline_left = pop_buckets(counted, DEADLINE_LEFT_BUCKET, method="Recommend")
     cores = {
