@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from test_admission import FakeClock
 
 from server.circuit import Circuit
 from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument
-from tests.test_admission import FakeClock
 
 
 def circuit(stall_after_s: float = 1.0) -> tuple[Circuit, FakeClock]:

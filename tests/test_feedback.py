@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import tiny_nrms_run
 from feedback_fixtures import serving
 from gateway_fixtures import gateway, sample
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -39,7 +40,6 @@ from server.feedback import (
 from server.pipeline.common import Item
 from server.pipeline.recommend import Recommendation
 from server.requests import RequestValidator
-from tests.conftest import tiny_nrms_run
 from training.data.build import DatasetPaths
 from training.data.feedback import load_feedback_log, split_feedback_log, write_feedback_dataset
 from training.data.mind import load_mind_split

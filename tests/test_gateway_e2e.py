@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import FEEDBACK_DIR
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -31,7 +32,6 @@ from server.milvus import MilvusStore
 from server.pipeline.search import PassageSearch, QueryVector
 from server.requests import RequestValidator
 from server.service import GatewayService
-from tests.conftest import FEEDBACK_DIR
 from training.checkpoint import Checkpoint
 from training.data.build import DatasetPaths
 from training.data.feedback import load_feedback_log

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from grpc_health.v1 import health_pb2
+from test_admission import FakeClock
 
 from server.circuit import Circuit
 from server.health import ANSWER_SERVICE, SERVICE, HealthMonitor
-from tests.test_admission import FakeClock
 
 pytestmark = pytest.mark.anyio
 

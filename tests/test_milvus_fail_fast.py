@@ -8,6 +8,7 @@ import socket
 import grpc
 import numpy as np
 import pytest
+from waiting import await_until
 
 from devstack.process import free_port
 from server.config import MilvusSettings
@@ -60,16 +61,7 @@ async def test_ready_waits_for_the_search_channel(monkeypatch: pytest.MonkeyPatc
         assert not await store.ready()  # nothing listens for the search channel
         server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
-        assert await wait_for_ready(store, within_s=5.0)
+        await await_until(store.ready, 5.0, "ready once the search channel can connect")
     finally:
         await server.stop(grace=None)
         await asyncio.wait_for(store.close(), 10)
-
-
-async def wait_for_ready(store: MilvusStore, within_s: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while asyncio.get_running_loop().time() < deadline:
-        if await store.ready():
-            return True
-        await asyncio.sleep(0.1)
-    return False

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pydantic
 import pytest
+from conftest import tiny_nrms_run, tiny_two_tower_run
+from test_pipeline import FakeEncoders, FakeStore, ctx, news_row, state
 
 from contract.ranking import RankingWeights, age_hours, features, ranking_scores, smoothed_ctr
 from export.models import ranking_weights
@@ -28,8 +30,6 @@ from server.pipeline.recommend import (
     UserVector,
     personal_stages,
 )
-from tests.conftest import tiny_nrms_run, tiny_two_tower_run
-from tests.test_pipeline import FakeEncoders, FakeStore, ctx, news_row, state
 from training.checkpoint import RANKING_KEY, Checkpoint
 from training.data.build import DatasetPaths
 from training.data.types import Impression, NewsArticle

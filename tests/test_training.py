@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_nrms_run, tiny_two_tower_run
 
-from tests.conftest import tiny_nrms_run, tiny_two_tower_run
 from training.checkpoint import Checkpoint
 from training.config import apply_overrides, load_run_config
 from training.data.build import DatasetPaths

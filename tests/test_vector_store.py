@@ -19,6 +19,7 @@ from milvus_fixtures import (
     passage_row,
 )
 from pymilvus import DataType, MilvusClient
+from test_admission import FakeClock
 
 from devstack.process import free_port
 from server.circuit import Circuit
@@ -26,7 +27,6 @@ from server.config import MilvusSettings
 from server.domain import Filters
 from server.errors import DependencyTimeout, DependencyUnavailable, InvalidArgument, NotFound
 from server.milvus import MilvusStore, SchemaMismatch
-from tests.test_admission import FakeClock
 
 pytestmark = pytest.mark.anyio
 
